@@ -1,0 +1,912 @@
+//! Configuration (SPEC §3): config.json, environment overrides and the
+//! vault token from the secret store, checked into a `Config`.
+//!
+//! Every problem of the file or the environment is collected and reported
+//! at once, naming the file (or variable), the key and what is expected.
+//! The environment is passed in (`Env`) rather than read here, so tests use
+//! literals.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::files;
+use crate::schedule::Zone;
+use crate::secrets::{Secret, SecretStore, SecretsError};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const TOKEN_ENTRY: &str = "vault_token";
+pub const DEFAULT_VAULT_NAME: &str = "default";
+pub const DEFAULT_POLL_INTERVAL: u64 = 60;
+pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 4;
+pub const DEFAULT_CLAUDE_BIN: &str = "claude";
+/// Upper bounds that keep arithmetic and thread counts sane.
+pub const MAX_POLL_INTERVAL: u64 = 86_400;
+pub const MAX_CONCURRENT_JOBS: usize = 256;
+
+/// The keys config.json may hold.
+pub const KEYS: [&str; 8] = [
+    "vault_url",
+    "vault_name",
+    "vault_token",
+    "poll_interval_seconds",
+    "max_concurrent_jobs",
+    "disabled",
+    "claude_bin",
+    "timezone",
+];
+
+/// A snapshot of the process environment (or a literal one in tests).
+#[derive(Clone, Debug, Default)]
+pub struct Env(BTreeMap<String, String>);
+
+impl Env {
+    /// The process environment; variables that are not UTF-8 are left out.
+    pub fn os() -> Env {
+        Env(std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect())
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
+        Env(pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    /// A variable's value; an empty value counts as unset.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// Where the runner's files are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// `$PARACHUTE_HOME` (default `$HOME/.parachute`).
+    pub home: PathBuf,
+    /// `$PARACHUTE_HOME/runner`: state, outbox, locks, run temp files.
+    pub runner_dir: PathBuf,
+    /// config.json (`--config` or `runner/config.json`).
+    pub config_file: PathBuf,
+    /// The directory of config.json: master.key and secrets.json.
+    pub secrets_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn new(env: &Env, config_override: Option<&Path>) -> Result<Paths, ConfigError> {
+        let home = match (env.get("PARACHUTE_HOME"), env.get("HOME")) {
+            (Some(home), _) => PathBuf::from(home),
+            (None, Some(home)) => Path::new(home).join(".parachute"),
+            (None, None) => {
+                return Err(ConfigError::NoHome);
+            }
+        };
+        let runner_dir = home.join("runner");
+        let config_file = match config_override {
+            Some(path) => path.to_path_buf(),
+            None => runner_dir.join(CONFIG_FILE),
+        };
+        let secrets_dir = match config_file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Ok(Paths {
+            home,
+            runner_dir,
+            config_file,
+            secrets_dir,
+        })
+    }
+
+    pub fn secret_store(&self) -> SecretStore {
+        SecretStore::new(&self.secrets_dir)
+    }
+}
+
+/// Which vault the runner talks to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VaultTarget {
+    /// A Parachute vault server: base URL without trailing slash.
+    Rest { url: String },
+    /// A folder of markdown files (SPEC §10).
+    Dir { root: PathBuf },
+}
+
+/// The checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub paths: Paths,
+    pub vault: VaultTarget,
+    pub vault_name: String,
+    /// `None` when no token is stored (cleared, or a directory vault).
+    pub vault_token: Option<Secret>,
+    pub poll_interval_seconds: u64,
+    pub max_concurrent_jobs: usize,
+    pub disabled: bool,
+    pub claude_bin: String,
+    pub timezone: Zone,
+    /// The timezone as configured (`None`: the system zone).
+    pub timezone_setting: Option<String>,
+}
+
+/// Settings given on the command line, which win over everything.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub vault_dir: Option<PathBuf>,
+    pub poll_interval: Option<u64>,
+}
+
+#[derive(Debug)]
+pub enum ConfigError {
+    NoHome,
+    /// No config.json and no vault in the environment.
+    Missing {
+        path: PathBuf,
+    },
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// One or more problems in one source (the file, or the environment).
+    Invalid {
+        source: String,
+        problems: Vec<String>,
+    },
+    Secrets(SecretsError),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::NoHome => write!(
+                f,
+                "neither PARACHUTE_HOME nor HOME is set, so there is no place for the runner's files; set PARACHUTE_HOME"
+            ),
+            ConfigError::Missing { path } => write!(
+                f,
+                "no config at {}: create it with `mkdir -p {} && printf '{{\"vault_url\": \"http://127.0.0.1:1940\", \"vault_token\": \"pvt_...\"}}' > {}` (the token moves to secrets.json on first load), or set PARACHUTE_RUNNER_VAULT_URL and PARACHUTE_RUNNER_VAULT_TOKEN, or use --vault-dir DIR for a folder of notes",
+                path.display(),
+                path.parent()
+                    .map_or(".".into(), |p| p.display().to_string()),
+                path.display()
+            ),
+            ConfigError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            ConfigError::Invalid { source, problems } => {
+                write!(f, "invalid config in {source}: {}", problems.join("; "))
+            }
+            ConfigError::Secrets(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<SecretsError> for ConfigError {
+    fn from(e: SecretsError) -> ConfigError {
+        ConfigError::Secrets(e)
+    }
+}
+
+/// The settings one source gives; `None` = not set there.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settings {
+    pub vault_url: Option<VaultTarget>,
+    pub vault_name: Option<String>,
+    pub vault_token: Option<Secret>,
+    pub poll_interval_seconds: Option<u64>,
+    pub max_concurrent_jobs: Option<usize>,
+    pub disabled: Option<bool>,
+    pub claude_bin: Option<String>,
+    pub timezone: Option<String>,
+}
+
+impl Settings {
+    /// Later sources win: fields set in `other` replace ours.
+    fn overlay(&mut self, other: Settings) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            vault_url,
+            vault_name,
+            vault_token,
+            poll_interval_seconds,
+            max_concurrent_jobs,
+            disabled,
+            claude_bin,
+            timezone
+        );
+    }
+}
+
+/// Checks a config.json document. Collects every problem.
+pub fn parse_file(doc: &Value) -> Result<Settings, Vec<String>> {
+    let Value::Object(map) = doc else {
+        return Err(vec!["expected a JSON object of settings".to_string()]);
+    };
+    let mut problems = Vec::new();
+    let mut s = Settings::default();
+    for (key, value) in map {
+        // A JSON null means "not set", as if the key were absent.
+        if value.is_null() {
+            continue;
+        }
+        let result = match key.as_str() {
+            "vault_url" => string(value)
+                .and_then(|v| parse_vault_url(&v))
+                .map(|v| s.vault_url = Some(v)),
+            "vault_name" => string(value)
+                .and_then(|v| check_vault_name(&v))
+                .map(|v| s.vault_name = Some(v)),
+            "vault_token" => string(value)
+                .and_then(|v| check_token(&v))
+                .map(|v| s.vault_token = Some(v)),
+            "poll_interval_seconds" => {
+                integer(value, 1, MAX_POLL_INTERVAL).map(|v| s.poll_interval_seconds = Some(v))
+            }
+            "max_concurrent_jobs" => integer(value, 1, MAX_CONCURRENT_JOBS as u64)
+                .map(|v| s.max_concurrent_jobs = Some(v as usize)),
+            "disabled" => match value {
+                Value::Bool(b) => {
+                    s.disabled = Some(*b);
+                    Ok(())
+                }
+                other => Err(format!("expected true or false (got {other})")),
+            },
+            "claude_bin" => string(value).map(|v| s.claude_bin = Some(v)),
+            "timezone" => string(value)
+                .and_then(|v| check_zone(&v))
+                .map(|v| s.timezone = Some(v)),
+            _ => Err(format!("unknown key; the keys are {}", KEYS.join(", "))),
+        };
+        if let Err(problem) = result {
+            problems.push(format!("{key}: {problem}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(s)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Reads the `PARACHUTE_RUNNER_*` overrides. Collects every problem.
+pub fn parse_env(env: &Env) -> Result<Settings, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut s = Settings::default();
+    let mut check = |var: &str, result: Result<(), String>| {
+        if let Err(problem) = result {
+            problems.push(format!("{var}: {problem}"));
+        }
+    };
+    if let Some(v) = env.get("PARACHUTE_RUNNER_VAULT_URL") {
+        check(
+            "PARACHUTE_RUNNER_VAULT_URL",
+            parse_vault_url(v).map(|v| s.vault_url = Some(v)),
+        );
+    }
+    if let Some(v) = env.get("PARACHUTE_RUNNER_VAULT_NAME") {
+        check(
+            "PARACHUTE_RUNNER_VAULT_NAME",
+            check_vault_name(v).map(|v| s.vault_name = Some(v)),
+        );
+    }
+    if let Some(v) = env.get("PARACHUTE_RUNNER_VAULT_TOKEN") {
+        check(
+            "PARACHUTE_RUNNER_VAULT_TOKEN",
+            check_token(v).map(|v| s.vault_token = Some(v)),
+        );
+    }
+    if let Some(v) = env.get("PARACHUTE_RUNNER_POLL_INTERVAL") {
+        check(
+            "PARACHUTE_RUNNER_POLL_INTERVAL",
+            integer_text(v, 1, MAX_POLL_INTERVAL).map(|v| s.poll_interval_seconds = Some(v)),
+        );
+    }
+    if let Some(v) = env.get("PARACHUTE_RUNNER_MAX_CONCURRENT_JOBS") {
+        check(
+            "PARACHUTE_RUNNER_MAX_CONCURRENT_JOBS",
+            integer_text(v, 1, MAX_CONCURRENT_JOBS as u64)
+                .map(|v| s.max_concurrent_jobs = Some(v as usize)),
+        );
+    }
+    if let Some(v) = env.get("PARACHUTE_RUNNER_DISABLED") {
+        check(
+            "PARACHUTE_RUNNER_DISABLED",
+            parse_bool_text(v).map(|v| s.disabled = Some(v)),
+        );
+    }
+    if let Some(v) = env.get("PARACHUTE_RUNNER_CLAUDE_BIN") {
+        s.claude_bin = Some(v.to_string());
+    }
+    if let Some(v) = env.get("PARACHUTE_RUNNER_TIMEZONE") {
+        check(
+            "PARACHUTE_RUNNER_TIMEZONE",
+            check_zone(v).map(|v| s.timezone = Some(v)),
+        );
+    }
+    if problems.is_empty() {
+        Ok(s)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Loads the configuration: config.json (if any), then the environment,
+/// then the command line. Moves a plaintext `vault_token` out of
+/// config.json into secrets.json on the way (envelope first, config
+/// second, so a crash in between loses nothing).
+pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let paths = Paths::new(env, overrides.config.as_deref())?;
+    let file_doc = read_config_doc(&paths.config_file)?;
+    let mut settings = Settings::default();
+    let mut file_has_token = false;
+    if let Some(doc) = &file_doc {
+        let from_file = parse_file(doc).map_err(|problems| ConfigError::Invalid {
+            source: paths.config_file.display().to_string(),
+            problems,
+        })?;
+        file_has_token = from_file.vault_token.is_some();
+        settings.overlay(from_file);
+    }
+    if file_has_token && let (Some(token), Some(doc)) = (&settings.vault_token, &file_doc) {
+        migrate_token(&paths, doc, token)?;
+    }
+    let from_env = parse_env(env).map_err(|problems| ConfigError::Invalid {
+        source: "the environment".to_string(),
+        problems,
+    })?;
+    settings.overlay(from_env);
+    if let Some(dir) = &overrides.vault_dir {
+        settings.vault_url = Some(VaultTarget::Dir {
+            root: absolute(dir),
+        });
+    }
+    if let Some(p) = overrides.poll_interval {
+        settings.poll_interval_seconds = Some(p);
+    }
+    let Some(vault) = settings.vault_url.clone() else {
+        return Err(if file_doc.is_none() {
+            ConfigError::Missing {
+                path: paths.config_file.clone(),
+            }
+        } else {
+            ConfigError::Invalid {
+                source: paths.config_file.display().to_string(),
+                problems: vec![
+                    "vault_url: required (or set PARACHUTE_RUNNER_VAULT_URL)".to_string(),
+                ],
+            }
+        });
+    };
+    let vault_token = match (&vault, settings.vault_token.take()) {
+        (VaultTarget::Dir { .. }, _) => None,
+        (_, Some(token)) => Some(token),
+        (_, None) => match paths.secret_store().get(TOKEN_ENTRY)? {
+            Some(stored) => Some(check_token(stored.expose()).map_err(|problem| {
+                ConfigError::Invalid {
+                    source: paths
+                        .secrets_dir
+                        .join(crate::secrets::SECRETS_FILE)
+                        .display()
+                        .to_string(),
+                    problems: vec![format!("vault_token: {problem}")],
+                }
+            })?),
+            None => None,
+        },
+    };
+    let timezone = match &settings.timezone {
+        // Checked above, so `get` cannot fail here; fall back all the same.
+        Some(name) => Zone::get(name).unwrap_or_else(|_| Zone::utc()),
+        None => Zone::system(),
+    };
+    Ok(Config {
+        paths,
+        vault,
+        vault_name: settings
+            .vault_name
+            .unwrap_or_else(|| DEFAULT_VAULT_NAME.to_string()),
+        vault_token,
+        poll_interval_seconds: settings
+            .poll_interval_seconds
+            .unwrap_or(DEFAULT_POLL_INTERVAL),
+        max_concurrent_jobs: settings
+            .max_concurrent_jobs
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_JOBS),
+        disabled: settings.disabled.unwrap_or(false),
+        claude_bin: settings
+            .claude_bin
+            .unwrap_or_else(|| DEFAULT_CLAUDE_BIN.to_string()),
+        timezone,
+        timezone_setting: settings.timezone,
+    })
+}
+
+/// Reads config.json as JSON; `None` if there is no file.
+pub fn read_config_doc(path: &Path) -> Result<Option<Value>, ConfigError> {
+    let Some(bytes) = files::read_optional(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ConfigError::Invalid {
+            source: path.display().to_string(),
+            problems: vec![format!("not valid JSON: {e}")],
+        })
+}
+
+/// Writes config.json (pretty, atomic, 0600).
+pub fn write_config_doc(path: &Path, doc: &Map<String, Value>) -> Result<(), ConfigError> {
+    let io_err = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = serde_json::to_vec_pretty(doc).map_err(|e| io_err(io::Error::other(e)))?;
+    bytes.push(b'\n');
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        files::create_private_dir(dir).map_err(io_err)?;
+    }
+    files::write_atomic(path, &bytes).map_err(io_err)
+}
+
+fn migrate_token(paths: &Paths, doc: &Value, token: &Secret) -> Result<(), ConfigError> {
+    paths.secret_store().set(TOKEN_ENTRY, token)?;
+    let mut map = doc.as_object().cloned().unwrap_or_default();
+    map.remove(TOKEN_ENTRY);
+    write_config_doc(&paths.config_file, &map)?;
+    log::info!(
+        "moved vault_token from {} into {} (encrypted)",
+        paths.config_file.display(),
+        paths
+            .secrets_dir
+            .join(crate::secrets::SECRETS_FILE)
+            .display()
+    );
+    Ok(())
+}
+
+fn absolute(dir: &Path) -> PathBuf {
+    if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir().map_or_else(|_| dir.to_path_buf(), |cwd| cwd.join(dir))
+    }
+}
+
+fn string(value: &Value) -> Result<String, String> {
+    match value {
+        Value::String(s) if s.trim().is_empty() => Err("must not be empty".to_string()),
+        Value::String(s) => Ok(s.clone()),
+        other => Err(format!("expected a string (got {other})")),
+    }
+}
+
+fn integer(value: &Value, min: u64, max: u64) -> Result<u64, String> {
+    match value.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected an integer from {min} to {max} (got {value})"
+        )),
+    }
+}
+
+fn integer_text(text: &str, min: u64, max: u64) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected an integer from {min} to {max} (got {text:?})"
+        )),
+    }
+}
+
+fn parse_bool_text(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false (got {text:?})")),
+    }
+}
+
+/// A token goes into an HTTP header: printable ASCII, no spaces. The
+/// message never repeats the token.
+pub fn check_token(token: &str) -> Result<Secret, String> {
+    if !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(Secret::new(token))
+    } else {
+        Err("must be printable ASCII without spaces (as vault tokens are: pvt_...)".to_string())
+    }
+}
+
+fn check_zone(name: &str) -> Result<String, String> {
+    Zone::get(name).map(|z| z.name)
+}
+
+/// Vault names go into URL paths; keep them to a safe alphabet.
+fn check_vault_name(name: &str) -> Result<String, String> {
+    if !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name != "."
+        && name != ".."
+    {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "expected letters, digits, '-', '_' or '.' (got {name:?})"
+        ))
+    }
+}
+
+/// `http(s)://host[:port][/prefix]` (trailing slash stripped) or
+/// `file:///absolute/path`.
+pub fn parse_vault_url(text: &str) -> Result<VaultTarget, String> {
+    let t = text.trim();
+    let expected =
+        || format!("expected an http:// or https:// URL, or file:///absolute/path (got {t:?})");
+    if let Some(rest) = t.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(expected());
+        }
+        let path = percent_decode(rest).ok_or_else(expected)?;
+        return Ok(VaultTarget::Dir {
+            root: PathBuf::from(path),
+        });
+    }
+    let lower = t.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+        .ok_or_else(expected)?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty()
+        || t.contains(['?', '#', ' '])
+        || host.contains('@')
+        || t.chars().any(char::is_control)
+    {
+        return Err(expected());
+    }
+    Ok(VaultTarget::Rest {
+        url: t.trim_end_matches('/').to_string(),
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random;
+    use serde_json::json;
+    use std::fs;
+
+    fn home(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("pr-config-{name}-{}", random::hex(6)))
+    }
+
+    fn write(home: &Path, doc: &Value) {
+        fs::create_dir_all(home.join("runner")).unwrap();
+        fs::write(
+            home.join("runner/config.json"),
+            serde_json::to_vec(doc).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn env_for(home: &Path) -> Env {
+        Env::from_pairs([("PARACHUTE_HOME", home.to_str().unwrap()), ("TZ", "UTC")])
+    }
+
+    #[test]
+    fn defaults_and_trailing_slash() {
+        let h = home("defaults");
+        write(&h, &json!({"vault_url": "http://127.0.0.1:1940/"}));
+        let c = load(&env_for(&h), &Overrides::default()).unwrap();
+        assert_eq!(
+            c.vault,
+            VaultTarget::Rest {
+                url: "http://127.0.0.1:1940".into()
+            }
+        );
+        assert_eq!(c.vault_name, "default");
+        assert_eq!(c.poll_interval_seconds, 60);
+        assert_eq!(c.max_concurrent_jobs, 4);
+        assert!(!c.disabled);
+        assert_eq!(c.claude_bin, "claude");
+        assert!(c.vault_token.is_none());
+        fs::remove_dir_all(h).unwrap();
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let problems = parse_file(&json!({
+            "vault_url": "ftp://x",
+            "poll_interval_seconds": 0,
+            "max_concurrent_jobs": "4",
+            "disabled": "no",
+            "timezone": "Nowhere/Land",
+            "vault_name": "a/b",
+            "colour": "blue",
+            "claude_bin": 3
+        }))
+        .unwrap_err();
+        let text = problems.join("\n");
+        for want in [
+            "vault_url: expected an http:// or https:// URL",
+            "poll_interval_seconds: expected an integer from 1 to 86400 (got 0)",
+            "max_concurrent_jobs: expected an integer from 1 to 256 (got \"4\")",
+            "disabled: expected true or false (got \"no\")",
+            "timezone: unknown time zone \"Nowhere/Land\"",
+            "vault_name: expected letters, digits",
+            "colour: unknown key; the keys are vault_url, vault_name, vault_token",
+            "claude_bin: expected a string (got 3)",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert_eq!(problems.len(), 8);
+        let problems = parse_file(&json!({"vault_token": "pvt_secret value"})).unwrap_err();
+        assert_eq!(
+            problems,
+            ["vault_token: must be printable ASCII without spaces (as vault tokens are: pvt_...)"]
+        );
+    }
+
+    #[test]
+    fn error_names_the_file() {
+        let h = home("named");
+        write(
+            &h,
+            &json!({"vault_url": "http://x", "max_concurrent_jobs": 0}),
+        );
+        let err = load(&env_for(&h), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "invalid config in {}: max_concurrent_jobs:",
+                h.join("runner/config.json").display()
+            )),
+            "{err}"
+        );
+        fs::write(h.join("runner/config.json"), "{").unwrap();
+        let err = load(&env_for(&h), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid JSON"), "{err}");
+        fs::remove_dir_all(h).unwrap();
+    }
+
+    #[test]
+    fn environment_wins_and_is_checked() {
+        let h = home("env");
+        write(
+            &h,
+            &json!({"vault_url": "http://file", "vault_name": "file", "poll_interval_seconds": 5}),
+        );
+        let mut pairs = vec![
+            ("PARACHUTE_HOME", h.to_str().unwrap()),
+            ("PARACHUTE_RUNNER_VAULT_URL", "https://vault.example/"),
+            ("PARACHUTE_RUNNER_VAULT_NAME", "work"),
+            ("PARACHUTE_RUNNER_VAULT_TOKEN", "pvt_env"),
+            ("PARACHUTE_RUNNER_POLL_INTERVAL", "30"),
+            ("PARACHUTE_RUNNER_MAX_CONCURRENT_JOBS", "2"),
+            ("PARACHUTE_RUNNER_DISABLED", "true"),
+            ("PARACHUTE_RUNNER_CLAUDE_BIN", "/opt/claude"),
+            ("PARACHUTE_RUNNER_TIMEZONE", "Asia/Kolkata"),
+        ];
+        let c = load(&Env::from_pairs(pairs.clone()), &Overrides::default()).unwrap();
+        assert_eq!(
+            c.vault,
+            VaultTarget::Rest {
+                url: "https://vault.example".into()
+            }
+        );
+        assert_eq!(
+            (
+                c.vault_name.as_str(),
+                c.poll_interval_seconds,
+                c.max_concurrent_jobs
+            ),
+            ("work", 30, 2)
+        );
+        assert!(c.disabled);
+        assert_eq!(c.claude_bin, "/opt/claude");
+        assert_eq!(c.timezone.name, "Asia/Kolkata");
+        assert_eq!(c.vault_token.unwrap().expose(), "pvt_env");
+        // The env token is never written anywhere.
+        assert!(!h.join("runner/secrets.json").exists());
+        pairs.push(("PARACHUTE_RUNNER_POLL_INTERVAL", "soon"));
+        pairs.push(("PARACHUTE_RUNNER_DISABLED", "perhaps"));
+        let err = load(&Env::from_pairs(pairs), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid config in the environment: PARACHUTE_RUNNER_POLL_INTERVAL: expected an integer from 1 to 86400 (got \"soon\"); PARACHUTE_RUNNER_DISABLED: expected true or false"), "{err}");
+        fs::remove_dir_all(h).unwrap();
+    }
+
+    #[test]
+    fn environment_alone_needs_no_file() {
+        let h = home("envonly");
+        let env = Env::from_pairs([
+            ("PARACHUTE_HOME", h.to_str().unwrap()),
+            ("PARACHUTE_RUNNER_VAULT_URL", "http://v"),
+            ("PARACHUTE_RUNNER_VAULT_TOKEN", "t"),
+        ]);
+        assert!(load(&env, &Overrides::default()).is_ok());
+        assert!(!h.exists());
+    }
+
+    #[test]
+    fn missing_config_says_how_to_create_one() {
+        let h = home("missing");
+        let err = load(&env_for(&h), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "no config at {}: create it with",
+                h.join("runner/config.json").display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("--vault-dir"));
+        assert!(matches!(
+            load(&Env::default(), &Overrides::default()),
+            Err(ConfigError::NoHome)
+        ));
+    }
+
+    #[test]
+    fn plaintext_token_moves_to_secrets() {
+        let h = home("migrate");
+        write(
+            &h,
+            &json!({"vault_url": "http://v", "vault_token": "pvt_plain"}),
+        );
+        let c = load(&env_for(&h), &Overrides::default()).unwrap();
+        assert_eq!(c.vault_token.unwrap().expose(), "pvt_plain");
+        let config = fs::read_to_string(h.join("runner/config.json")).unwrap();
+        assert!(
+            !config.contains("pvt_plain") && !config.contains("vault_token"),
+            "{config}"
+        );
+        assert!(config.contains("http://v"));
+        assert!(
+            !fs::read_to_string(h.join("runner/secrets.json"))
+                .unwrap()
+                .contains("pvt_plain")
+        );
+        // And it loads again from secrets.json.
+        let again = load(&env_for(&h), &Overrides::default()).unwrap();
+        assert_eq!(again.vault_token.unwrap().expose(), "pvt_plain");
+        fs::remove_dir_all(h).unwrap();
+    }
+
+    #[test]
+    fn crash_between_the_two_migration_writes_converges() {
+        let h = home("crash");
+        write(
+            &h,
+            &json!({"vault_url": "http://v", "vault_token": "pvt_new"}),
+        );
+        // The crash: the envelope was written, config.json still has the
+        // plaintext (here even with an older envelope present).
+        SecretStore::new(h.join("runner"))
+            .set(TOKEN_ENTRY, &Secret::new("pvt_old"))
+            .unwrap();
+        let c = load(&env_for(&h), &Overrides::default()).unwrap();
+        assert_eq!(c.vault_token.unwrap().expose(), "pvt_new");
+        assert!(
+            !fs::read_to_string(h.join("runner/config.json"))
+                .unwrap()
+                .contains("pvt_new")
+        );
+        assert_eq!(
+            SecretStore::new(h.join("runner"))
+                .get(TOKEN_ENTRY)
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "pvt_new"
+        );
+        fs::remove_dir_all(h).unwrap();
+    }
+
+    #[test]
+    fn config_override_keeps_secrets_beside_it() {
+        let h = home("override");
+        let dir = h.join("elsewhere");
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("my.json");
+        fs::write(&file, r#"{"vault_url":"http://v","vault_token":"pvt_o"}"#).unwrap();
+        let over = Overrides {
+            config: Some(file),
+            ..Overrides::default()
+        };
+        let c = load(&env_for(&h), &over).unwrap();
+        assert_eq!(c.paths.secrets_dir, dir);
+        assert_eq!(c.paths.runner_dir, h.join("runner"));
+        assert!(dir.join("secrets.json").exists() && dir.join("master.key").exists());
+        assert!(!h.join("runner/secrets.json").exists());
+        fs::remove_dir_all(h).unwrap();
+    }
+
+    #[test]
+    fn vault_urls() {
+        assert_eq!(
+            parse_vault_url("https://v.example/prefix/").unwrap(),
+            VaultTarget::Rest {
+                url: "https://v.example/prefix".into()
+            }
+        );
+        assert_eq!(
+            parse_vault_url("file:///srv/notes%20x/").unwrap(),
+            VaultTarget::Dir {
+                root: PathBuf::from("/srv/notes x/")
+            }
+        );
+        for bad in [
+            "",
+            "v.example",
+            "http://",
+            "http://a b",
+            "file://relative",
+            "https://u:p@h",
+            "http://h/?q",
+            "file:///%zz",
+        ] {
+            assert!(parse_vault_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vault_dir_needs_no_config_or_token() {
+        let h = home("vaultdir");
+        let over = Overrides {
+            vault_dir: Some(PathBuf::from("/srv/notes")),
+            ..Overrides::default()
+        };
+        let c = load(&env_for(&h), &over).unwrap();
+        assert_eq!(
+            c.vault,
+            VaultTarget::Dir {
+                root: PathBuf::from("/srv/notes")
+            }
+        );
+        assert!(c.vault_token.is_none());
+    }
+}

@@ -1,0 +1,139 @@
+//! Private, crash-safe file writes (SPEC §2).
+//!
+//! Every file the runner writes is written to a temp file in the same
+//! directory, fsynced, then moved into place, with mode 0600; directories it
+//! creates are 0700. `write_new` is the no-clobber variant (link instead of
+//! rename) used where two writers may race for one name. Reading, parsing
+//! and locking are left to the modules that own each file.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::random;
+
+pub const FILE_MODE: u32 = 0o600;
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and any missing parents with mode 0700. An existing
+/// directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+}
+
+/// Replaces `path` with `bytes`, atomically: readers see the old content or
+/// the new, never a mix, even across a crash.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = write_temp(path, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_parent(path)
+}
+
+/// Writes `bytes` at `path` only if nothing is there yet. Returns `false`
+/// (and writes nothing) when the path exists. Readers never see a partial
+/// file: the content is complete before the name appears.
+pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let tmp = write_temp(path, bytes)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => sync_parent(path).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a complete, fsynced temp file beside `path` and returns its name.
+fn write_temp(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+    let dir = parent(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", random::hex(8)));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&tmp)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(FILE_MODE)))
+        .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Makes a rename or link in `path`'s directory durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    File::open(parent(path))?.sync_all()
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Reads a file, `Ok(None)` if it does not exist.
+pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pr-files-{name}-{}", random::hex(6)));
+        create_private_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn atomic_write_is_private_and_replaces() {
+        let dir = temp_dir("atomic");
+        let path = dir.join("state.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        // No temp file is left behind.
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn write_new_never_clobbers() {
+        let dir = temp_dir("new");
+        let path = dir.join("note.md");
+        assert!(write_new(&path, b"first").unwrap());
+        assert!(!write_new(&path, b"second").unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn created_dirs_are_0700() {
+        let dir = temp_dir("dirs");
+        let deep = dir.join("a/b");
+        create_private_dir(&deep).unwrap();
+        assert_eq!(fs::metadata(dir.join("a")).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(fs::metadata(&deep).unwrap().mode() & 0o777, 0o700);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

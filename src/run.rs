@@ -1,0 +1,538 @@
+//! One run of one job, shared by `once` and `serve`: claim it (job lock,
+//! `running` entry), render its templates, run the agent, spool the note to
+//! the outbox, record the outcome, deliver. Also the recovery of runs whose
+//! runner died (SPEC §7.4).
+//!
+//! The order is what makes crashes safe: the note is in the outbox before
+//! the `running` entry is cleared, and an outbox entry of a run still
+//! marked running is left alone by delivery until recovery settles it.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+
+use crate::agent::{self, Canceller};
+use crate::config::{Config, Env};
+use crate::files;
+use crate::job::Job;
+use crate::output::{self, Delivery, Ending, Outbox, RunInfo};
+use crate::random;
+use crate::state::{LastRun, Lock, Locked, Running, StateError, Store, Trigger};
+use crate::template::{self, Vars};
+use crate::vault::Vault;
+use crate::vault::dir::normalize;
+
+/// Where MCP config files live while their run goes on.
+pub const TMP_DIR: &str = "tmp";
+const MCP_SUFFIX: &str = ".mcp.json";
+
+/// The clock: the system's, or a fixed instant (`PARACHUTE_RUNNER_NOW`).
+#[derive(Clone, Copy, Debug)]
+pub enum Clock {
+    System,
+    Fixed(Timestamp),
+}
+
+impl Clock {
+    pub fn now(self) -> Timestamp {
+        match self {
+            Clock::System => Timestamp::now(),
+            Clock::Fixed(t) => t,
+        }
+    }
+
+    pub fn from_env(env: &Env) -> Result<Clock, crate::error::Error> {
+        match env.get("PARACHUTE_RUNNER_NOW") {
+            None => Ok(Clock::System),
+            Some(_) => crate::now(env).map(Clock::Fixed),
+        }
+    }
+}
+
+/// What every run of a process shares.
+#[derive(Clone)]
+pub struct Runtime {
+    pub vault: Arc<dyn Vault>,
+    pub store: Store,
+    pub outbox: Outbox,
+    pub claude_bin: String,
+    pub child_env: Vec<(String, String)>,
+    pub clock: Clock,
+    /// `--date`: replaces `{{date}}` and `{{yesterday}}`.
+    pub date_override: Option<Date>,
+}
+
+impl Runtime {
+    pub fn new(config: &Config, vault: Arc<dyn Vault>, env: &Env, clock: Clock) -> Runtime {
+        Runtime {
+            vault,
+            store: Store::new(&config.paths.runner_dir),
+            outbox: Outbox::new(&config.paths.runner_dir),
+            claude_bin: config.claude_bin.clone(),
+            child_env: agent::child_env(env),
+            clock,
+            date_override: None,
+        }
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.store.dir().join(TMP_DIR)
+    }
+}
+
+/// A run whose job lock is held and whose `running` entry is committed.
+pub struct Claimed {
+    pub job: Job,
+    pub info: RunInfo,
+    /// The rendered prompt, or the template error that fails the run.
+    pub prompt: Result<String, String>,
+    _lock: Lock,
+}
+
+/// How a run went, for the report line.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub job_path: String,
+    pub run_id: String,
+    pub trigger: Trigger,
+    pub slot: Option<Timestamp>,
+    pub ok: bool,
+    pub error: Option<String>,
+    /// The path the vault accepted, or `None` if the note is queued.
+    pub written_to: Option<String>,
+    /// The path the note was meant for.
+    pub output_path: String,
+    /// Why the note is still queued.
+    pub queued_because: Option<String>,
+    pub duration: Duration,
+}
+
+/// Renders a job's templates for one run. The time variables come from
+/// `slot` (scheduled runs) or `start` (manual runs).
+pub fn prepare(
+    job: &Job,
+    trigger: Trigger,
+    slot: Option<Timestamp>,
+    start: Timestamp,
+    date_override: Option<Date>,
+) -> (RunInfo, Result<String, String>) {
+    let run_id = random::uuid_v4();
+    let vars = Vars::new(
+        slot.unwrap_or(start),
+        &job.zone.tz,
+        date_override,
+        &job.path,
+        &run_id,
+    );
+    let rendered = template::render(&job.output_path, &vars, "output_path")
+        .map_err(|e| e.to_string())
+        .and_then(|p| {
+            normalize(&p).ok_or_else(|| {
+                format!("output_path renders to {p:?}, which is not a usable note path (empty, or with . or .. segments)")
+            })
+        })
+        .and_then(|path| {
+            template::render(&job.prompt, &vars, "prompt")
+                .map(|prompt| (path, prompt))
+                .map_err(|e| e.to_string())
+        });
+    let (output_path, prompt) = match rendered {
+        Ok((path, prompt)) => (path, Ok(prompt)),
+        Err(e) => (
+            format!("jobs/runs/{}/render-error-{run_id}", job.name()),
+            Err(format!("template error: {e}")),
+        ),
+    };
+    let info = RunInfo {
+        run_id,
+        job_id: job.id.clone(),
+        job_path: job.path.clone(),
+        model: job.model.clone(),
+        trigger,
+        slot,
+        started_at: start,
+        output_path,
+        tags: job.output_tags.clone(),
+    };
+    (info, prompt)
+}
+
+/// Claims a prepared run while the caller holds the state lock: takes the
+/// job lock and records `running`. `Ok(None)` if the job is still running
+/// elsewhere.
+pub fn claim(
+    store: &Store,
+    locked: &mut Locked,
+    job: Job,
+    info: RunInfo,
+    prompt: Result<String, String>,
+) -> Result<Option<Claimed>, StateError> {
+    let Some(lock) = store.try_lock_job(&job.path)? else {
+        return Ok(None);
+    };
+    let entry = locked
+        .state
+        .jobs
+        .entry(job.path.clone())
+        .or_insert_with(|| crate::state::JobState {
+            schedule: job.schedule_text.clone(),
+            timezone: job.zone.name.clone(),
+            checked_through: info.started_at,
+            last_run: None,
+            running: None,
+        });
+    entry.running = Some(Running {
+        run_id: info.run_id.clone(),
+        slot: info.slot,
+        started_at: info.started_at,
+        pid: std::process::id(),
+        trigger: info.trigger,
+        output_path: info.output_path.clone(),
+        job_id: info.job_id.clone(),
+        model: info.model.clone(),
+        output_tags: info.tags.clone(),
+    });
+    Ok(Some(Claimed {
+        job,
+        info,
+        prompt,
+        _lock: lock,
+    }))
+}
+
+/// Runs a claimed job to the end and returns its report. `on_start` gets a
+/// `Canceller` once the agent runs (serve uses it on shutdown).
+pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller)) -> Report {
+    let Claimed {
+        job,
+        mut info,
+        prompt,
+        _lock,
+    } = claimed;
+    info.started_at = rt.clock.now();
+    let (ending, duration) = match prompt {
+        Err(error) => (
+            Ending::Failure {
+                error,
+                exit_code: None,
+                stderr_tail: String::new(),
+                truncated: false,
+            },
+            Duration::ZERO,
+        ),
+        Ok(prompt) => run_agent(rt, &job, &info, prompt, on_start),
+    };
+    let note = output::note(&info, &ending, duration);
+    let ok = ending.is_success();
+    let mut report = Report {
+        job_path: job.path.clone(),
+        run_id: info.run_id.clone(),
+        trigger: info.trigger,
+        slot: info.slot,
+        ok,
+        error: ending.error().map(String::from),
+        written_to: None,
+        output_path: note.path.clone(),
+        queued_because: None,
+        duration,
+    };
+
+    // 1. The note is safe on disk before the run is marked finished.
+    let spooled = rt.outbox.spool(&job.path, ok, &note, rt.clock.now());
+    if let Err(e) = &spooled {
+        log::error!(
+            "{}: could not queue the output of run {} ({e}); writing it to the vault directly",
+            job.path,
+            info.run_id
+        );
+    }
+    // 2. The outcome is recorded and the job released.
+    record_outcome(rt, &info, ok, &note.path);
+    drop(_lock);
+    // 3. Delivery.
+    match spooled {
+        Ok(entry) => match rt.outbox.deliver_entry(rt.vault.as_ref(), &entry) {
+            Delivery::Delivered(path) => report.written_to = Some(path),
+            Delivery::Busy => report.written_to = Some(note.path.clone()),
+            Delivery::Failed(e) => {
+                log::warn!(
+                    "{}: output of run {} queued in the outbox: {e}",
+                    job.path,
+                    info.run_id
+                );
+                report.queued_because = Some(e.to_string());
+            }
+        },
+        Err(_) => match output::deliver(rt.vault.as_ref(), &note) {
+            Ok(path) => report.written_to = Some(path),
+            Err(e) => {
+                log::error!(
+                    "{}: the output of run {} is LOST: {e}",
+                    job.path,
+                    info.run_id
+                );
+                report.queued_because = Some(e.to_string());
+            }
+        },
+    }
+    report
+}
+
+fn run_agent(
+    rt: &Runtime,
+    job: &Job,
+    info: &RunInfo,
+    prompt: String,
+    on_start: impl FnOnce(Canceller),
+) -> (Ending, Duration) {
+    let setup = rt.vault.agent_setup();
+    let tmp = rt.tmp_dir();
+    let mcp_path = tmp.join(format!("{}{MCP_SUFFIX}", info.run_id));
+    let written = files::create_private_dir(&tmp)
+        .and_then(|()| files::write_atomic(&mcp_path, setup.mcp_config.as_bytes()));
+    if let Err(e) = written {
+        let ending = Ending::Failure {
+            error: format!("could not write the MCP config {}: {e}", mcp_path.display()),
+            exit_code: None,
+            stderr_tail: String::new(),
+            truncated: false,
+        };
+        return (ending, Duration::ZERO);
+    }
+    let _remove = RemoveOnDrop(&mcp_path);
+    let request = agent::Request {
+        program: rt.claude_bin.clone(),
+        args: agent::claude_args(&mcp_path, &job.allowed_tools, &job.model),
+        env: rt.child_env.clone(),
+        cwd: setup.cwd,
+        stdin: prompt.into_bytes(),
+        timeout: job.timeout,
+    };
+    let outcome = agent::run(&request, on_start);
+    (
+        Ending::from_agent(&outcome, &rt.claude_bin, job.timeout),
+        outcome.duration,
+    )
+}
+
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}
+
+/// Records a finished run in state and clears its `running` entry.
+fn record_outcome(rt: &Runtime, info: &RunInfo, ok: bool, output_path: &str) {
+    let result = rt.store.lock().and_then(|mut locked| {
+        if let Some(entry) = locked.state.jobs.get_mut(&info.job_path) {
+            if entry
+                .running
+                .as_ref()
+                .is_some_and(|r| r.run_id == info.run_id)
+            {
+                entry.running = None;
+            }
+            entry.last_run = Some(LastRun {
+                run_id: info.run_id.clone(),
+                status: if ok { "ok" } else { "failed" }.to_string(),
+                started_at: info.started_at,
+                finished_at: rt.clock.now().max(info.started_at),
+                output_path: output_path.to_string(),
+                trigger: info.trigger,
+            });
+        }
+        locked.commit()
+    });
+    if let Err(e) = result {
+        // The note is queued; the next pass sees a `running` entry with a
+        // free lock, finds the note in the outbox and settles it.
+        log::error!(
+            "{}: could not record run {}: {e}",
+            info.job_path,
+            info.run_id
+        );
+    }
+}
+
+/// Settles the runs of dead runners (SPEC §7.4) while the caller holds the
+/// state lock: a `running` entry whose job lock is free. If its note is
+/// already in the outbox the run finished and only the record is missing;
+/// otherwise an `interrupted` failure note is queued. Also removes MCP
+/// config files no live run owns. Returns the settled run ids.
+pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
+    let now = rt.clock.now();
+    let mut settled = Vec::new();
+    for (path, entry) in locked.state.jobs.iter_mut() {
+        let Some(running) = entry.running.clone() else {
+            continue;
+        };
+        match rt.store.try_lock_job(path) {
+            Ok(Some(_lock)) => {}
+            Ok(None) => continue,
+            Err(e) => {
+                log::warn!("{path}: cannot check its run {}: {e}", running.run_id);
+                continue;
+            }
+        }
+        let status = match rt.outbox.read(&running.run_id) {
+            Some(queued) => queued.ok,
+            None => {
+                let info = RunInfo {
+                    run_id: running.run_id.clone(),
+                    job_id: running.job_id.clone(),
+                    job_path: path.clone(),
+                    model: running.model.clone(),
+                    trigger: running.trigger,
+                    slot: running.slot,
+                    started_at: running.started_at,
+                    output_path: running.output_path.clone(),
+                    tags: if running.output_tags.is_empty() {
+                        vec![crate::job::RUN_TAG.to_string()]
+                    } else {
+                        running.output_tags.clone()
+                    },
+                };
+                let ending = Ending::Failure {
+                    error: "interrupted: runner stopped before the run finished".to_string(),
+                    exit_code: None,
+                    stderr_tail: String::new(),
+                    truncated: false,
+                };
+                let elapsed = crate::state::until(running.started_at, now);
+                let note = output::note(&info, &ending, elapsed);
+                if let Err(e) = rt.outbox.spool(path, false, &note, now) {
+                    log::error!(
+                        "{path}: could not queue the interrupted note of run {}: {e}",
+                        running.run_id
+                    );
+                    continue;
+                }
+                log::warn!(
+                    "{path}: run {} was interrupted (its runner stopped); queued a failure note",
+                    running.run_id
+                );
+                false
+            }
+        };
+        entry.running = None;
+        entry.last_run = Some(LastRun {
+            run_id: running.run_id.clone(),
+            status: if status { "ok" } else { "failed" }.to_string(),
+            started_at: running.started_at,
+            finished_at: now.max(running.started_at),
+            output_path: running.output_path.clone(),
+            trigger: running.trigger,
+        });
+        settled.push(running.run_id);
+    }
+    remove_stale_mcp_files(&rt.tmp_dir(), &running_ids(locked));
+    settled
+}
+
+/// The run ids still marked running.
+pub fn running_ids(locked: &Locked) -> HashSet<String> {
+    locked
+        .state
+        .jobs
+        .values()
+        .filter_map(|e| e.running.as_ref().map(|r| r.run_id.clone()))
+        .collect()
+}
+
+fn remove_stale_mcp_files(tmp: &Path, live: &HashSet<String>) {
+    let Ok(dir) = fs::read_dir(tmp) else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let run_id = name.strip_suffix(MCP_SUFFIX).unwrap_or(name);
+        if !live.contains(run_id) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Recovery and outbox delivery, as every pass begins (SPEC §6.4, §7.4).
+pub fn settle_and_deliver(rt: &Runtime) -> Result<output::Swept, StateError> {
+    let mut locked = rt.store.lock()?;
+    recover(rt, &mut locked);
+    locked.commit()?;
+    Ok(rt.outbox.sweep(rt.vault.as_ref(), || running_in(&rt.store)))
+}
+
+/// The run ids marked running in the state file now; `None` if it cannot
+/// be read (then nothing is sent blind).
+pub fn running_in(store: &Store) -> Option<HashSet<String>> {
+    match store.read() {
+        Ok(state) => Some(
+            state
+                .jobs
+                .values()
+                .filter_map(|e| e.running.as_ref().map(|r| r.run_id.clone()))
+                .collect(),
+        ),
+        Err(e) => {
+            log::warn!("outbox: not delivering this time: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Zone;
+    use crate::vault::Note;
+
+    fn job(extra: &str, body: &str) -> Job {
+        let note = Note {
+            id: "id".into(),
+            path: Some("jobs/daily-brief".into()),
+            content: format!(
+                "---\nschedule: daily\nmodel: m\nallowed_tools: Read\ntimezone: America/New_York\n{extra}---\n{body}"
+            ),
+            ..Note::default()
+        };
+        Job::from_note(&note, &Zone::utc()).unwrap()
+    }
+
+    #[test]
+    fn prepare_renders_at_the_slot_in_the_job_zone() {
+        let slot: Timestamp = "2026-03-08T05:00:00Z".parse().unwrap();
+        let (info, prompt) = prepare(
+            &job("", "Brief for {{date}} ({{time}})"),
+            Trigger::Schedule,
+            Some(slot),
+            slot,
+            None,
+        );
+        assert_eq!(prompt.unwrap(), "Brief for 2026-03-08 (00:00)");
+        assert_eq!(
+            info.output_path,
+            format!("jobs/runs/daily-brief/{}", info.run_id)
+        );
+    }
+
+    #[test]
+    fn template_errors_go_to_the_render_error_path() {
+        let now: Timestamp = "2026-03-08T05:00:00Z".parse().unwrap();
+        for (extra, body) in [
+            ("", "{{nope}}"),
+            ("output_path: \"x/{{bad}}\"\n", "ok"),
+            ("output_path: \"{{date}}/../..\"\n", "ok"),
+        ] {
+            let (info, prompt) = prepare(&job(extra, body), Trigger::Manual, None, now, None);
+            assert!(prompt.unwrap_err().starts_with("template error: "));
+            assert_eq!(
+                info.output_path,
+                format!("jobs/runs/daily-brief/render-error-{}", info.run_id)
+            );
+        }
+    }
+}

@@ -1,0 +1,762 @@
+//! Scheduling state shared by `once` and `serve` (SPEC §7): state.json,
+//! the due decision, and the lock files that make ten concurrent runners
+//! fire each slot exactly once.
+//!
+//! `decide` is pure (it takes `now`) and only edits the in-memory entry;
+//! `Store` does the locked read-modify-write of the file. Running a job is
+//! left to `run`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::files;
+use crate::job::Job;
+use crate::schedule::Schedule;
+
+pub const STATE_FILE: &str = "state.json";
+pub const LOCKS_DIR: &str = "locks";
+const VERSION: u32 = 1;
+
+/// How a run was started (`run_trigger`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Schedule,
+    CatchUp,
+    Manual,
+    Http,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch-up",
+            Trigger::Manual => "manual",
+            Trigger::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobState>,
+}
+
+/// One job's entry, keyed by job path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobState {
+    /// The schedule and zone the entry was evaluated with; a change resets
+    /// `checked_through`.
+    pub schedule: String,
+    pub timezone: String,
+    /// Slots up to this instant have been handled.
+    pub checked_through: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<LastRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<Running>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastRun {
+    pub run_id: String,
+    /// `ok` or `failed`.
+    pub status: String,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub output_path: String,
+    pub trigger: Trigger,
+}
+
+/// A run in progress: enough to write its failure note if its runner dies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Running {
+    pub run_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<Timestamp>,
+    pub started_at: Timestamp,
+    pub pid: u32,
+    pub trigger: Trigger,
+    /// Where the success note would go (the failure note adds `.failed`).
+    pub output_path: String,
+    pub job_id: String,
+    pub model: String,
+    #[serde(default)]
+    pub output_tags: Vec<String>,
+}
+
+/// What the due decision says about one job at one instant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// First seen, or its schedule or zone changed: it fires from its next
+    /// slot on.
+    New,
+    /// `manual`: never fires on its own.
+    Manual,
+    /// Disabled by the note or globally.
+    Disabled,
+    /// No slot since the last check.
+    NotDue,
+    /// Run now, for this slot (missed earlier slots coalesced into it).
+    Run { slot: Timestamp, trigger: Trigger },
+    /// A late slot of a `catch_up: false` job: skipped.
+    SkipLate { slot: Timestamp },
+}
+
+/// Settings the decision depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub poll_interval_seconds: u64,
+    pub globally_disabled: bool,
+}
+
+impl Policy {
+    /// A slot older than this is late: `catch-up` (or skipped).
+    pub fn late_after(&self) -> SignedDuration {
+        let two_polls = self
+            .poll_interval_seconds
+            .saturating_mul(2)
+            .min(i64::MAX as u64) as i64;
+        SignedDuration::from_secs(two_polls.max(120))
+    }
+}
+
+/// The due decision (SPEC §7.2) for `job` at `now`. Edits `entry` as the
+/// decision requires; the caller commits it before starting any run.
+pub fn decide(job: &Job, entry: &mut Option<JobState>, now: Timestamp, policy: Policy) -> Decision {
+    let current = entry
+        .as_mut()
+        .filter(|e| e.schedule == job.schedule_text && e.timezone == job.zone.name);
+    let Some(e) = current else {
+        let (last_run, running) = entry
+            .take()
+            .map(|e| (e.last_run, e.running))
+            .unwrap_or_default();
+        *entry = Some(JobState {
+            schedule: job.schedule_text.clone(),
+            timezone: job.zone.name.clone(),
+            checked_through: now,
+            last_run,
+            running,
+        });
+        return Decision::New;
+    };
+    if job.schedule == Schedule::Manual {
+        return Decision::Manual;
+    }
+    let Some(slot) = latest_slot(&job.schedule, &job.zone.tz, e.checked_through, now) else {
+        return if job.disabled || policy.globally_disabled {
+            Decision::Disabled
+        } else {
+            Decision::NotDue
+        };
+    };
+    // Slots were passed: whatever happens to them, they are handled.
+    e.checked_through = now;
+    if job.disabled || policy.globally_disabled {
+        return Decision::Disabled;
+    }
+    let late = now.duration_since(slot) >= policy.late_after();
+    match (late, job.catch_up) {
+        (false, _) => Decision::Run {
+            slot,
+            trigger: Trigger::Schedule,
+        },
+        (true, true) => Decision::Run {
+            slot,
+            trigger: Trigger::CatchUp,
+        },
+        (true, false) => Decision::SkipLate { slot },
+    }
+}
+
+/// The latest fire time in `(after, upto]`. Searches backwards in growing
+/// windows, so a long downtime of a frequent schedule costs little.
+pub fn latest_slot(
+    schedule: &Schedule,
+    tz: &jiff::tz::TimeZone,
+    after: Timestamp,
+    upto: Timestamp,
+) -> Option<Timestamp> {
+    if upto <= after {
+        return None;
+    }
+    let mut window = SignedDuration::from_secs(120);
+    loop {
+        let start = upto
+            .checked_sub(window)
+            .ok()
+            .filter(|s| *s > after)
+            .unwrap_or(after);
+        let mut at = start;
+        let mut last = None;
+        while let Some(next) = schedule.next_after(at, tz) {
+            if next > upto {
+                break;
+            }
+            last = Some(next);
+            at = next;
+        }
+        if last.is_some() || start == after {
+            return last;
+        }
+        window = window.checked_mul(2).unwrap_or(SignedDuration::MAX);
+    }
+}
+
+/// A held advisory lock; released when dropped.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+#[derive(Debug)]
+pub enum StateError {
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A state file from an unknown (newer) version.
+    Version {
+        path: PathBuf,
+        found: u32,
+    },
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StateError::Version { path, found } => write!(
+                f,
+                "{}: written by a newer parachute-runner (state version {found}, this one reads {VERSION}); upgrade, or move the file away to start afresh",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+/// The runner directory's state file and locks.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// `dir` is the runner directory (`$PARACHUTE_HOME/runner`).
+    pub fn new(dir: impl Into<PathBuf>) -> Store {
+        Store { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    fn io(path: &Path, source: io::Error) -> StateError {
+        StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn lock_file(&self, name: &str) -> Result<File, StateError> {
+        let dir = self.dir.join(LOCKS_DIR);
+        files::create_private_dir(&dir).map_err(|e| Self::io(&dir, e))?;
+        let path = dir.join(name);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(files::FILE_MODE)
+            .open(&path)
+            .map_err(|e| Self::io(&path, e))
+    }
+
+    /// Takes the state lock (waiting for it) and reads the state.
+    pub fn lock(&self) -> Result<Locked, StateError> {
+        let file = self.lock_file("state.lock")?;
+        file.lock()
+            .map_err(|e| Self::io(&self.dir.join(LOCKS_DIR).join("state.lock"), e))?;
+        let lock = Lock { _file: file };
+        let state = self.read()?;
+        Ok(Locked {
+            path: self.state_path(),
+            original: state.clone(),
+            state,
+            _lock: lock,
+        })
+    }
+
+    /// Reads the state without the lock (for listings). A missing file is
+    /// an empty state.
+    pub fn read(&self) -> Result<State, StateError> {
+        let path = self.state_path();
+        let Some(bytes) = files::read_optional(&path).map_err(|e| Self::io(&path, e))? else {
+            return Ok(State {
+                version: VERSION,
+                jobs: BTreeMap::new(),
+            });
+        };
+        match serde_json::from_slice::<State>(&bytes) {
+            Ok(state) if state.version > VERSION => Err(StateError::Version {
+                path,
+                found: state.version,
+            }),
+            Ok(mut state) => {
+                state.version = VERSION;
+                Ok(state)
+            }
+            Err(e) => {
+                // Written atomically, so this is damage from outside. Keep
+                // the file for inspection and start afresh: every job then
+                // waits for its next slot, so nothing runs twice.
+                let aside = self.dir.join(format!(
+                    "{STATE_FILE}.corrupt-{}",
+                    Timestamp::now().as_second()
+                ));
+                log::error!(
+                    "{}: unreadable ({e}); moved to {} and starting with empty state",
+                    path.display(),
+                    aside.display()
+                );
+                let _ = fs::rename(&path, &aside);
+                Ok(State {
+                    version: VERSION,
+                    jobs: BTreeMap::new(),
+                })
+            }
+        }
+    }
+
+    /// Tries the lock of one job. `Ok(None)` if another run holds it.
+    pub fn try_lock_job(&self, job_path: &str) -> Result<Option<Lock>, StateError> {
+        let name = job_lock_name(job_path);
+        let file = self.lock_file(&name)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Lock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(Self::io(&self.dir.join(LOCKS_DIR).join(name), e)),
+        }
+    }
+
+    /// Tries an exclusive lock by name. `Ok(None)` if someone holds it.
+    pub fn try_lock_named(&self, name: &str) -> Result<Option<Lock>, StateError> {
+        let file = self.lock_file(name)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Lock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(Self::io(&self.dir.join(LOCKS_DIR).join(name), e)),
+        }
+    }
+}
+
+/// The lock file name of a job: its path with everything but letters,
+/// digits, `-`, `_` and `.` escaped, so every path has its own file.
+pub fn job_lock_name(job_path: &str) -> String {
+    let mut name = String::from("job-");
+    for b in job_path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // File names are at most 255 bytes; long paths share a hashed name.
+    if name.len() > 200 {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(job_path.as_bytes());
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        name = format!("job-{}-{hex}", &name[4..100].trim_end_matches('%'));
+    }
+    name.push_str(".lock");
+    name
+}
+
+/// The state, read under the state lock. `commit` writes it back if it
+/// changed; dropping it releases the lock without writing.
+pub struct Locked {
+    path: PathBuf,
+    original: State,
+    pub state: State,
+    _lock: Lock,
+}
+
+impl Locked {
+    pub fn commit(self) -> Result<(), StateError> {
+        if self.state == self.original {
+            return Ok(());
+        }
+        let mut bytes = serde_json::to_vec_pretty(&self.state)
+            .map_err(|e| Store::io(&self.path, io::Error::other(e)))?;
+        bytes.push(b'\n');
+        files::write_atomic(&self.path, &bytes).map_err(|e| Store::io(&self.path, e))
+    }
+}
+
+/// How long until `at`, from `now` (zero if past).
+pub fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Zone;
+    use crate::vault::Note;
+
+    fn job(schedule: &str, extra: &str) -> Job {
+        let note = Note {
+            id: "id".into(),
+            path: Some("jobs/j".into()),
+            content: format!(
+                "---\nschedule: \"{schedule}\"\nmodel: m\nallowed_tools: Read\n{extra}---\nhi"
+            ),
+            ..Note::default()
+        };
+        Job::from_note(&note, &Zone::utc()).unwrap()
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    const POLICY: Policy = Policy {
+        poll_interval_seconds: 60,
+        globally_disabled: false,
+    };
+
+    #[test]
+    fn a_new_job_waits_for_its_next_slot() {
+        let j = job("* * * * *", "");
+        let mut entry = None;
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T00:00:30Z"), POLICY),
+            Decision::New
+        );
+        assert_eq!(
+            entry.as_ref().unwrap().checked_through,
+            t("2026-01-01T00:00:30Z")
+        );
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T00:01:05Z"), POLICY),
+            Decision::Run {
+                slot: t("2026-01-01T00:01:00Z"),
+                trigger: Trigger::Schedule
+            }
+        );
+    }
+
+    #[test]
+    fn due_exactly_once_around_its_slot() {
+        let j = job("0 8 * * *", "");
+        let mut entry = None;
+        decide(&j, &mut entry, t("2026-01-01T07:00:00Z"), POLICY);
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T07:59:59Z"), POLICY),
+            Decision::NotDue
+        );
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T08:00:00Z"), POLICY),
+            Decision::Run {
+                slot: t("2026-01-01T08:00:00Z"),
+                trigger: Trigger::Schedule
+            }
+        );
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T08:00:00Z"), POLICY),
+            Decision::NotDue
+        );
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T08:00:59Z"), POLICY),
+            Decision::NotDue
+        );
+        // A runner whose clock read earlier never moves the check back.
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T07:59:00Z"), POLICY),
+            Decision::NotDue
+        );
+        assert_eq!(entry.unwrap().checked_through, t("2026-01-01T08:00:00Z"));
+    }
+
+    #[test]
+    fn a_week_of_downtime_is_one_catch_up_run_for_the_latest_slot() {
+        let j = job("*/5 * * * *", "");
+        let mut entry = None;
+        decide(&j, &mut entry, t("2026-01-01T00:00:00Z"), POLICY);
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-08T00:03:00Z"), POLICY),
+            Decision::Run {
+                slot: t("2026-01-08T00:00:00Z"),
+                trigger: Trigger::CatchUp
+            }
+        );
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-08T00:04:00Z"), POLICY),
+            Decision::NotDue
+        );
+    }
+
+    #[test]
+    fn lateness_threshold_is_two_polls_or_two_minutes() {
+        let j = job("0 8 * * *", "");
+        let run = |now: &str, poll: u64| {
+            let mut entry = None;
+            decide(&j, &mut entry, t("2026-01-01T07:00:00Z"), POLICY);
+            decide(
+                &j,
+                &mut entry,
+                t(now),
+                Policy {
+                    poll_interval_seconds: poll,
+                    globally_disabled: false,
+                },
+            )
+        };
+        let slot = t("2026-01-01T08:00:00Z");
+        assert_eq!(
+            run("2026-01-01T08:01:59Z", 60),
+            Decision::Run {
+                slot,
+                trigger: Trigger::Schedule
+            }
+        );
+        assert_eq!(
+            run("2026-01-01T08:02:00Z", 60),
+            Decision::Run {
+                slot,
+                trigger: Trigger::CatchUp
+            }
+        );
+        assert_eq!(
+            run("2026-01-01T08:09:59Z", 300),
+            Decision::Run {
+                slot,
+                trigger: Trigger::Schedule
+            }
+        );
+        assert_eq!(
+            run("2026-01-01T08:10:00Z", 300),
+            Decision::Run {
+                slot,
+                trigger: Trigger::CatchUp
+            }
+        );
+    }
+
+    #[test]
+    fn catch_up_false_skips_late_slots() {
+        let j = job("0 8 * * *", "catch_up: false\n");
+        let mut entry = None;
+        decide(&j, &mut entry, t("2026-01-01T07:00:00Z"), POLICY);
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-03T09:00:00Z"), POLICY),
+            Decision::SkipLate {
+                slot: t("2026-01-03T08:00:00Z")
+            }
+        );
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-03T09:01:00Z"), POLICY),
+            Decision::NotDue
+        );
+        // On time, it runs.
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-04T08:00:30Z"), POLICY),
+            Decision::Run {
+                slot: t("2026-01-04T08:00:00Z"),
+                trigger: Trigger::Schedule
+            }
+        );
+    }
+
+    #[test]
+    fn schedule_or_zone_change_resets() {
+        let mut entry = None;
+        decide(
+            &job("0 8 * * *", ""),
+            &mut entry,
+            t("2026-01-01T00:00:00Z"),
+            POLICY,
+        );
+        entry.as_mut().unwrap().last_run = Some(LastRun {
+            run_id: "r".into(),
+            status: "ok".into(),
+            started_at: t("2026-01-01T00:00:00Z"),
+            finished_at: t("2026-01-01T00:00:00Z"),
+            output_path: "o".into(),
+            trigger: Trigger::Manual,
+        });
+        assert_eq!(
+            decide(
+                &job("0 9 * * *", ""),
+                &mut entry,
+                t("2026-01-02T10:00:00Z"),
+                POLICY
+            ),
+            Decision::New
+        );
+        assert!(
+            entry.as_ref().unwrap().last_run.is_some(),
+            "the last run is kept"
+        );
+        assert_eq!(
+            decide(
+                &job("0 9 * * *", "timezone: Europe/Paris\n"),
+                &mut entry,
+                t("2026-01-03T10:00:00Z"),
+                POLICY
+            ),
+            Decision::New
+        );
+        assert_eq!(entry.unwrap().timezone, "Europe/Paris");
+    }
+
+    #[test]
+    fn disabled_and_manual_never_run_and_do_not_pile_up() {
+        let j = job("* * * * *", "disabled: true\n");
+        let mut entry = None;
+        decide(&j, &mut entry, t("2026-01-01T00:00:00Z"), POLICY);
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T05:00:00Z"), POLICY),
+            Decision::Disabled
+        );
+        // Enabled again: the slots of the disabled time do not fire.
+        let j = job("* * * * *", "");
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T05:00:30Z"), POLICY),
+            Decision::NotDue
+        );
+        let off = Policy {
+            globally_disabled: true,
+            ..POLICY
+        };
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T06:00:00Z"), off),
+            Decision::Disabled
+        );
+        let m = job("manual", "");
+        let mut entry = None;
+        decide(&m, &mut entry, t("2026-01-01T00:00:00Z"), POLICY);
+        assert_eq!(
+            decide(&m, &mut entry, t("2027-01-01T00:00:00Z"), POLICY),
+            Decision::Manual
+        );
+    }
+
+    #[test]
+    fn latest_slot_is_cheap_over_long_gaps() {
+        let every_second = Schedule::parse("* * * * * *").unwrap();
+        let tz = jiff::tz::TimeZone::UTC;
+        assert_eq!(
+            latest_slot(
+                &every_second,
+                &tz,
+                t("2020-01-01T00:00:00Z"),
+                t("2026-01-01T00:00:00.5Z")
+            ),
+            Some(t("2026-01-01T00:00:00Z"))
+        );
+        let yearly = Schedule::parse("@yearly").unwrap();
+        assert_eq!(
+            latest_slot(
+                &yearly,
+                &tz,
+                t("2020-06-01T00:00:00Z"),
+                t("2026-06-01T00:00:00Z")
+            ),
+            Some(t("2026-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            latest_slot(
+                &yearly,
+                &tz,
+                t("2026-01-01T00:00:00Z"),
+                t("2026-06-01T00:00:00Z")
+            ),
+            None
+        );
+        assert_eq!(
+            latest_slot(
+                &yearly,
+                &tz,
+                t("2026-06-01T00:00:00Z"),
+                t("2026-01-01T00:00:00Z")
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn lock_names() {
+        assert_eq!(
+            job_lock_name("jobs/daily brief"),
+            "job-jobs%2Fdaily%20brief.lock"
+        );
+        assert_ne!(job_lock_name("a/b"), job_lock_name("a%2Fb"));
+        let long = "x/".repeat(300);
+        let name = job_lock_name(&long);
+        assert!(name.len() < 255, "{}", name.len());
+        assert_ne!(name, job_lock_name(&"x/".repeat(301)));
+    }
+
+    #[test]
+    fn store_round_trip_and_locks() {
+        let dir = std::env::temp_dir().join(format!("pr-state-{}", crate::random::hex(6)));
+        let store = Store::new(&dir);
+        let mut locked = store.lock().unwrap();
+        let mut entry = None;
+        decide(
+            &job("* * * * *", ""),
+            &mut entry,
+            t("2026-01-01T00:00:00Z"),
+            POLICY,
+        );
+        locked.state.jobs.insert("jobs/j".into(), entry.unwrap());
+        locked.commit().unwrap();
+        assert_eq!(store.read().unwrap().jobs["jobs/j"].schedule, "* * * * *");
+        let held = store.try_lock_job("jobs/j").unwrap().unwrap();
+        assert!(store.try_lock_job("jobs/j").unwrap().is_none());
+        drop(held);
+        assert!(store.try_lock_job("jobs/j").unwrap().is_some());
+        fs::write(dir.join(STATE_FILE), "{broken").unwrap();
+        assert!(store.read().unwrap().jobs.is_empty());
+        assert!(fs::read_dir(&dir).unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.corrupt-")
+        }));
+        fs::write(dir.join(STATE_FILE), "{\"version\":9,\"jobs\":{}}").unwrap();
+        assert!(
+            store
+                .read()
+                .unwrap_err()
+                .to_string()
+                .contains("newer parachute-runner")
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,76 @@
+//! The only `unsafe` in the crate: process-group signals and waiting for a
+//! child's exit without reaping it, through libc.
+//!
+//! Waiting without reaping matters: while the exited leader is a zombie its
+//! pid cannot be reused, so signalling its process group afterwards can
+//! only reach the run's own leftover processes.
+#![allow(unsafe_code)]
+
+use std::io;
+
+pub use libc::{SIGKILL, SIGTERM};
+
+/// Sends `signal` to every process in group `pgid`. `Ok(false)` when the
+/// group has no process left.
+pub fn kill_group(pgid: u32, signal: i32) -> io::Result<bool> {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // Never signal group 0 or 1 (our own group; init): that is not a run.
+    if pgid <= 1 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours;
+    // a negative pid addresses the process group.
+    let rc = unsafe { libc::kill(-pgid, signal) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Blocks until child `pid` has exited, leaving it unreaped (a zombie) so
+/// its pid and process group stay reserved until `Child::wait` reaps it.
+pub fn wait_exit_keep_zombie(pid: u32) -> io::Result<()> {
+    let pid: libc::id_t = pid;
+    loop {
+        // SAFETY: `info` is a zeroed siginfo_t owned by this frame, valid
+        // for writes for the whole call; waitid does not keep the pointer.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Whether the process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Raises the soft open-file limit to the hard one: each claimed run holds
+/// a lock file open, and a pass may claim hundreds.
+pub fn raise_fd_limit() {
+    // SAFETY: `lim` is a plain struct owned by this frame; getrlimit and
+    // setrlimit read or write exactly one rlimit through the pointer.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The vault: where job notes are found and output notes are written.
+//!
+//! `Vault` is the one small interface the drivers (`once`, `serve`, `jobs`)
+//! use; `rest` speaks the Parachute vault's HTTP API (vault-api.md) and `dir`
+//! works on a plain folder of markdown files (SPEC §10). Nothing outside this
+//! module knows which one it talks to.
+
+pub mod dir;
+pub mod rest;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::{Config, VaultTarget};
+
+/// The tag that marks job notes.
+pub const JOB_TAG: &str = "job";
+
+/// A note as the vault returns it. Only the fields the runner reads.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Note {
+    pub id: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub content: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+impl Note {
+    /// The note's path, or its id when it has none.
+    pub fn path_or_id(&self) -> &str {
+        self.path.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Whether this note is an output rather than a job (SPEC §4.1).
+    pub fn is_output(&self) -> bool {
+        self.path_or_id().starts_with("jobs/runs/")
+            || self.tags.iter().any(|t| t == crate::job::RUN_TAG)
+    }
+
+    /// `metadata.run_id`, if the note is a run output.
+    pub fn run_id(&self) -> Option<&str> {
+        self.metadata.as_ref()?.get("run_id")?.as_str()
+    }
+
+    /// `createdAt` as an instant (the epoch when absent or unreadable).
+    pub fn created(&self) -> Timestamp {
+        self.created_at
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+}
+
+/// A note to create.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NewNote {
+    pub path: String,
+    pub content: String,
+    pub tags: Vec<String>,
+    pub metadata: Map<String, Value>,
+}
+
+impl NewNote {
+    pub fn run_id(&self) -> Option<&str> {
+        self.metadata.get("run_id")?.as_str()
+    }
+}
+
+/// The answer to a create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// Written at this path.
+    At(String),
+    /// The path is taken (409).
+    Conflict,
+}
+
+/// What the agent gets to reach the vault.
+#[derive(Clone, Debug)]
+pub struct AgentSetup {
+    /// The MCP config JSON (it may hold the bearer token: write it to a
+    /// private file, never to argv or a log).
+    pub mcp_config: String,
+    /// Working directory for the agent, if the vault wants one.
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub enum VaultError {
+    /// No answer: refused, timed out, DNS, TLS, connection dropped.
+    Unreachable { what: String, detail: String },
+    /// An HTTP error status with the vault's message.
+    Status {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    /// An answer that is not what the API promises.
+    Malformed { what: String, detail: String },
+    /// A directory vault's file error.
+    Io { what: String, detail: String },
+}
+
+impl VaultError {
+    /// Worth trying again soon: no answer, or a 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            VaultError::Unreachable { .. } => true,
+            VaultError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for VaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VaultError::Unreachable { what, detail } => {
+                write!(f, "{what}: vault unreachable: {detail}")
+            }
+            VaultError::Status {
+                what,
+                status,
+                message,
+            } => write!(f, "{what}: vault answered {status}: {message}"),
+            VaultError::Malformed { what, detail } => {
+                write!(f, "{what}: unexpected answer from the vault: {detail}")
+            }
+            VaultError::Io { what, detail } => write!(f, "{what}: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for VaultError {}
+
+/// The operations the runner needs from a vault.
+pub trait Vault: Send + Sync {
+    /// Every job note (tagged `job`, outputs excluded), each once.
+    fn list_jobs(&self) -> Result<Vec<Note>, VaultError>;
+    /// One note by path; `None` if there is none.
+    fn get_note(&self, path: &str) -> Result<Option<Note>, VaultError>;
+    /// Creates a note; never overwrites.
+    fn create_note(&self, note: &NewNote) -> Result<Created, VaultError>;
+    /// Output notes (tagged `job-run`) created at or after `since`, newest
+    /// first, at most `limit`.
+    fn list_runs(&self, since: Option<Timestamp>, limit: usize) -> Result<Vec<Note>, VaultError>;
+    /// How the agent reaches this vault.
+    fn agent_setup(&self) -> AgentSetup;
+    /// For logs: the URL or folder, never a credential.
+    fn describe(&self) -> String;
+}
+
+/// HTTP timeouts for a REST vault.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The vault a configuration names. `Err` when a REST vault has no token.
+pub fn open(config: &Config, timeouts: Timeouts) -> Result<Arc<dyn Vault>, String> {
+    match &config.vault {
+        VaultTarget::Dir { root } => Ok(Arc::new(dir::DirVault::new(root.clone()))),
+        VaultTarget::Rest { url } => {
+            let token = config.vault_token.clone().ok_or_else(|| {
+                "no vault token: store one with PUT /.parachute/config, put \"vault_token\" in config.json (it moves to secrets.json), or set PARACHUTE_RUNNER_VAULT_TOKEN".to_string()
+            })?;
+            Ok(Arc::new(rest::RestVault::new(
+                url,
+                &config.vault_name,
+                token,
+                timeouts,
+            )))
+        }
+    }
+}
+
+/// Keeps the newest `limit` notes of a stream, for `list_runs`.
+pub(crate) fn keep_newest(notes: &mut Vec<Note>, limit: usize) {
+    notes.sort_by(|a, b| b.created().cmp(&a.created()).then_with(|| b.id.cmp(&a.id)));
+    notes.truncate(limit);
+}

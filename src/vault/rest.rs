@@ -1,0 +1,361 @@
+//! The Parachute vault's REST API (vault-api.md) over ureq: paged listing,
+//! one note by percent-encoded path, create with 409 detection.
+//!
+//! HTTP statuses are read here, not turned into errors by ureq, so the
+//! vault's JSON error message reaches the user. The bearer token is only
+//! ever put in the Authorization header: never in a URL, a log line or an
+//! error.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use super::{AgentSetup, Created, NewNote, Note, Timeouts, Vault, VaultError, keep_newest};
+use crate::secrets::Secret;
+
+/// Notes per listing page (SPEC §4.1).
+pub const PAGE: usize = 500;
+/// The largest answer read from the vault.
+const MAX_BODY: u64 = 64 << 20;
+
+pub struct RestVault {
+    /// `{vault_url}/vault/{name}/api`
+    api: String,
+    vault_url: String,
+    name: String,
+    token: Secret,
+    agent: ureq::Agent,
+}
+
+impl RestVault {
+    pub fn new(vault_url: &str, name: &str, token: Secret, timeouts: Timeouts) -> RestVault {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(timeouts.connect))
+            .timeout_global(Some(timeouts.request))
+            .user_agent(concat!("parachute-runner/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        RestVault {
+            api: format!("{vault_url}/vault/{name}/api"),
+            vault_url: vault_url.to_string(),
+            name: name.to_string(),
+            token,
+            agent,
+        }
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token.expose())
+    }
+
+    /// GET `url` and parse its JSON answer. `Ok(None)` on 404 when
+    /// `missing_ok`.
+    fn get_json(
+        &self,
+        what: &str,
+        url: &str,
+        missing_ok: bool,
+    ) -> Result<Option<Value>, VaultError> {
+        let response = self
+            .agent
+            .get(url)
+            .header("Authorization", self.auth())
+            .header("Accept", "application/json")
+            .call()
+            .map_err(|e| unreachable(what, &e))?;
+        let (status, body) = read_body(what, response)?;
+        if status == 404 && missing_ok {
+            return Ok(None);
+        }
+        if !(200..300).contains(&status) {
+            return Err(status_error(what, status, &body));
+        }
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| VaultError::Malformed {
+                what: what.to_string(),
+                detail: format!("not JSON: {e}"),
+            })
+    }
+
+    /// Pages through `GET /notes?tag=…` until a short page, de-duplicating
+    /// by id, handing each new note to `each`.
+    fn page_tagged(
+        &self,
+        tag: &str,
+        content: bool,
+        mut each: impl FnMut(Note),
+    ) -> Result<(), VaultError> {
+        let what = format!("listing notes tagged {tag}");
+        let mut seen = std::collections::HashSet::new();
+        let mut offset = 0usize;
+        loop {
+            let url = format!(
+                "{}/notes?tag={}&include_content={}&limit={PAGE}&offset={offset}",
+                self.api,
+                encode(tag),
+                if content { "true" } else { "false" }
+            );
+            let Some(page) = self.get_json(&what, &url, false)? else {
+                break;
+            };
+            let Value::Array(items) = page else {
+                return Err(VaultError::Malformed {
+                    what,
+                    detail: "expected a JSON array of notes".to_string(),
+                });
+            };
+            let count = items.len();
+            let mut new = 0;
+            for item in items {
+                let note: Note =
+                    serde_json::from_value(item).map_err(|e| VaultError::Malformed {
+                        what: what.clone(),
+                        detail: format!("a note is not of the expected shape: {e}"),
+                    })?;
+                if seen.insert(note.id.clone()) {
+                    new += 1;
+                    each(note);
+                }
+            }
+            // A short page ends the listing; so does a page with nothing new
+            // (a vault that ignores `offset` must not loop us forever).
+            if count < PAGE || new == 0 {
+                break;
+            }
+            offset += count;
+        }
+        Ok(())
+    }
+}
+
+impl Vault for RestVault {
+    fn list_jobs(&self) -> Result<Vec<Note>, VaultError> {
+        let mut jobs = Vec::new();
+        self.page_tagged(super::JOB_TAG, true, |note| {
+            if !note.is_output() {
+                jobs.push(note);
+            }
+        })?;
+        Ok(jobs)
+    }
+
+    fn get_note(&self, path: &str) -> Result<Option<Note>, VaultError> {
+        let what = format!("reading note {path}");
+        let url = format!("{}/notes/{}", self.api, encode(path));
+        match self.get_json(&what, &url, true)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| VaultError::Malformed {
+                    what,
+                    detail: format!("the note is not of the expected shape: {e}"),
+                }),
+        }
+    }
+
+    fn create_note(&self, note: &NewNote) -> Result<Created, VaultError> {
+        let what = format!("writing note {}", note.path);
+        let body = serde_json::to_vec(note).map_err(|e| VaultError::Malformed {
+            what: what.clone(),
+            detail: e.to_string(),
+        })?;
+        let response = self
+            .agent
+            .post(format!("{}/notes", self.api))
+            .header("Authorization", self.auth())
+            .content_type("application/json")
+            .send(&body[..])
+            .map_err(|e| unreachable(&what, &e))?;
+        let (status, body) = read_body(&what, response)?;
+        match status {
+            200..=299 => {
+                let path = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("path").and_then(Value::as_str).map(String::from))
+                    .unwrap_or_else(|| note.path.clone());
+                Ok(Created::At(path))
+            }
+            409 => Ok(Created::Conflict),
+            _ => Err(status_error(&what, status, &body)),
+        }
+    }
+
+    fn list_runs(&self, since: Option<Timestamp>, limit: usize) -> Result<Vec<Note>, VaultError> {
+        let mut runs = Vec::new();
+        self.page_tagged(crate::job::RUN_TAG, false, |note| {
+            if since.is_none_or(|s| note.created() >= s) {
+                runs.push(note);
+                // Keep memory bounded on a long history.
+                if runs.len() >= 2 * limit.max(1) {
+                    keep_newest(&mut runs, limit);
+                }
+            }
+        })?;
+        keep_newest(&mut runs, limit);
+        Ok(runs)
+    }
+
+    fn agent_setup(&self) -> AgentSetup {
+        AgentSetup {
+            mcp_config: mcp_config(&self.vault_url, &self.name, &self.token),
+            cwd: None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("{}/vault/{}", self.vault_url, self.name)
+    }
+}
+
+/// The MCP config of SPEC §6.1, keys in the contract's order.
+pub fn mcp_config(vault_url: &str, name: &str, token: &Secret) -> String {
+    let s = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".to_string());
+    format!(
+        "{{\n  \"mcpServers\": {{\n    {}: {{\n      \"type\": \"http\",\n      \"url\": {},\n      \"headers\": {{\n        \"Authorization\": {}\n      }}\n    }}\n  }}\n}}\n",
+        s(&format!("parachute-vault-{name}")),
+        s(&format!("{vault_url}/vault/{name}/mcp")),
+        s(&format!("Bearer {}", token.expose())),
+    )
+}
+
+fn read_body(
+    what: &str,
+    mut response: ureq::http::Response<ureq::Body>,
+) -> Result<(u16, Vec<u8>), VaultError> {
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_vec()
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => VaultError::Malformed {
+                what: what.to_string(),
+                detail: format!("the answer is larger than {} MiB", MAX_BODY >> 20),
+            },
+            other => unreachable(what, &other),
+        })?;
+    Ok((status, body))
+}
+
+/// An error status, with the vault's own message when its body says one.
+fn status_error(what: &str, status: u16, body: &[u8]) -> VaultError {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            let field = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+            match (field("error"), field("message")) {
+                (Some(e), Some(m)) if !m.contains(&e) => Some(format!("{e}: {m}")),
+                (_, Some(m)) => Some(m),
+                (Some(e), None) => Some(e),
+                (None, None) => None,
+            }
+        })
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            let text = text.trim();
+            if text.is_empty() {
+                "(no message)".to_string()
+            } else {
+                text.to_string()
+            }
+        });
+    VaultError::Status {
+        what: what.to_string(),
+        status,
+        message: one_line(&message),
+    }
+}
+
+/// A transport error, described without the URL (which names the vault but
+/// could one day carry something private) and on one line.
+fn unreachable(what: &str, e: &ureq::Error) -> VaultError {
+    let detail = match e {
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        ureq::Error::Io(io) => io.to_string(),
+        ureq::Error::HostNotFound => "host not found".to_string(),
+        ureq::Error::BadUri(_) => "the vault URL is not valid".to_string(),
+        ureq::Error::RequireHttpsOnly(_) => "https required".to_string(),
+        other => other.to_string(),
+    };
+    VaultError::Unreachable {
+        what: what.to_string(),
+        detail: one_line(&detail),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Percent-encodes one URL path segment or query value: everything but
+/// unreserved characters, so `/` becomes `%2F` (vault-api.md).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Backoff before each retry of a transient failure (SPEC §6.4: 3 tries
+/// within about 10 s).
+pub const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding() {
+        assert_eq!(encode("jobs/daily brief"), "jobs%2Fdaily%20brief");
+        assert_eq!(encode("a%b?c#d&é"), "a%25b%3Fc%23d%26%C3%A9");
+        assert_eq!(encode("A-z_0.9~"), "A-z_0.9~");
+    }
+
+    #[test]
+    fn mcp_config_shape() {
+        let text = mcp_config("http://127.0.0.1:1940", "default", &Secret::new("pvt_x\"y"));
+        assert_eq!(
+            text,
+            "{\n  \"mcpServers\": {\n    \"parachute-vault-default\": {\n      \"type\": \"http\",\n      \"url\": \"http://127.0.0.1:1940/vault/default/mcp\",\n      \"headers\": {\n        \"Authorization\": \"Bearer pvt_x\\\"y\"\n      }\n    }\n  }\n}\n"
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["mcpServers"]["parachute-vault-default"]["headers"]["Authorization"],
+            "Bearer pvt_x\"y"
+        );
+    }
+
+    #[test]
+    fn status_messages() {
+        let e = status_error("w", 409, br#"{"error_type":"path_conflict","error":"path_conflict","message":"path_conflict: another note"}"#);
+        assert_eq!(
+            e.to_string(),
+            "w: vault answered 409: path_conflict: another note"
+        );
+        let e = status_error(
+            "w",
+            401,
+            br#"{"error":"Unauthorized","message":"Invalid API key"}"#,
+        );
+        assert_eq!(
+            e.to_string(),
+            "w: vault answered 401: Unauthorized: Invalid API key"
+        );
+        let e = status_error("w", 502, b"<html>\n bad gateway</html>");
+        assert_eq!(
+            e.to_string(),
+            "w: vault answered 502: <html> bad gateway</html>"
+        );
+        assert!(e.is_transient());
+        assert!(!status_error("w", 400, b"").is_transient());
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real binary, run as a process against a fake
+//! vault (a real HTTP server) and a fake `claude` (a real executable).
+
+// Test code may panic on a broken fixture: that is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod cli;
+mod cron;
+mod fake_vault_selftest;
+mod secrets;

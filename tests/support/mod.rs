@@ -1,0 +1,205 @@
+//! Test support: a builder that runs the real binary as a process with a
+//! cleared environment and a private home, temp directories, and a fake
+//! `claude` executable. The fake vault lives in `fake_vault`.
+
+#![allow(dead_code)]
+
+pub mod fake_claude;
+pub mod fake_vault;
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_parachute-runner");
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pr-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `parachute-runner` with only the environment the test gives it
+/// (plus a PATH with the system tools).
+#[must_use]
+pub struct Runner {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Runner {
+    pub fn new() -> Runner {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("RUST_LOG", "info")
+            .env("TZ", "UTC");
+        Runner { cmd, stdin: None }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Runner
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Runner {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn env_remove(mut self, key: &str) -> Runner {
+        self.cmd.env_remove(key);
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Runner {
+        self.cmd.current_dir(dir);
+        self
+    }
+
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Runner {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    pub fn run(mut self) -> Ran {
+        self.cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = self.cmd.spawn().unwrap();
+        if let Some(bytes) = self.stdin.take() {
+            let mut stdin = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&bytes);
+            });
+        }
+        Ran(child.wait_with_output().unwrap())
+    }
+
+    /// Starts the process and returns it, for tests that signal it.
+    pub fn spawn(mut self) -> Child {
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.cmd.spawn().unwrap()
+    }
+}
+
+impl Default for Runner {
+    fn default() -> Runner {
+        Runner::new()
+    }
+}
+
+/// A finished run, with assertions that print everything on failure.
+pub struct Ran(pub Output);
+
+impl Ran {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.0.status.code()
+    }
+
+    #[track_caller]
+    pub fn status(self, code: i32) -> Ran {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "exit status\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn success(self) -> Ran {
+        self.status(0)
+    }
+
+    #[track_caller]
+    pub fn stdout_is(self, want: &str) -> Ran {
+        assert_eq!(self.stdout(), want, "stdout\n--- stderr\n{}", self.stderr());
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_has(self, want: &str) -> Ran {
+        assert!(
+            self.stdout().contains(want),
+            "stdout lacks {want:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(self, want: &str) -> Ran {
+        assert!(
+            self.stderr().contains(want),
+            "stderr lacks {want:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_empty(self) -> Ran {
+        assert_eq!(
+            self.stdout(),
+            "",
+            "stdout should be empty\n--- stderr\n{}",
+            self.stderr()
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.0.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout()))
+    }
+}
