@@ -135,7 +135,7 @@ impl Canceller {
 
 /// Runs the request to the end. `on_start` receives a `Canceller` once the
 /// process is running.
-pub fn run(req: &Request, on_start: impl FnOnce(Canceller)) -> Outcome {
+pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     let started = Instant::now();
     let mut cmd = Command::new(&req.program);
     cmd.args(&req.args)
@@ -164,7 +164,7 @@ pub fn run(req: &Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     // The prompt goes in from its own thread: a child that writes before
     // it reads must not deadlock against us.
     if let Some(mut stdin) = child.stdin.take() {
-        let prompt = req.stdin.clone();
+        let prompt = std::mem::take(&mut req.stdin);
         thread::spawn(move || {
             let _ = stdin.write_all(&prompt);
         });
@@ -432,7 +432,7 @@ mod tests {
 
     fn sh(script: &str, timeout: Duration) -> Outcome {
         run(
-            &Request {
+            Request {
                 program: "/bin/sh".into(),
                 args: vec!["-c".into(), script.into()],
                 env: vec![("PATH".into(), "/usr/bin:/bin".into())],
@@ -456,7 +456,7 @@ mod tests {
     #[test]
     fn spawn_error_is_an_outcome() {
         let out = run(
-            &Request {
+            Request {
                 program: "/nonexistent/claude".into(),
                 args: vec![],
                 env: vec![],
@@ -474,7 +474,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let handle = thread::spawn(move || {
             run(
-                &Request {
+                Request {
                     program: "/bin/sh".into(),
                     args: vec!["-c".into(), "echo started; exec sleep 30".into()],
                     env: vec![],

@@ -25,7 +25,16 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 /// Replaces `path` with `bytes`, atomically: readers see the old content or
 /// the new, never a mix, even across a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = write_temp(path, bytes)?;
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// `write_atomic` with the content streamed by `write` (a large document
+/// need not be built in memory first).
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = write_temp(path, write)?;
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
@@ -37,7 +46,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// (and writes nothing) when the path exists. Readers never see a partial
 /// file: the content is complete before the name appears.
 pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
-    let tmp = write_temp(path, bytes)?;
+    let tmp = write_temp(path, |w| w.write_all(bytes))?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -48,22 +57,27 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
 }
 
 /// Writes a complete, fsynced temp file beside `path` and returns its name.
-fn write_temp(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+fn write_temp(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<PathBuf> {
     let dir = parent(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", random::hex(8)));
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(FILE_MODE)
         .open(&tmp)?;
-    let written = file
-        .write_all(bytes)
+    let mut buffered = io::BufWriter::with_capacity(64 << 10, &file);
+    let written = write(&mut buffered)
+        .and_then(|()| buffered.flush())
         .and_then(|()| file.set_permissions(fs::Permissions::from_mode(FILE_MODE)))
         .and_then(|()| file.sync_all());
+    drop(buffered);
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);

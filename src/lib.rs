@@ -51,6 +51,11 @@ where
     let result = cli::parse(args)
         .map_err(Error::from)
         .and_then(|cmd| run(cmd, &env));
+    if log::log_enabled!(log::Level::Debug)
+        && let Some(kib) = peak_rss_kib()
+    {
+        log::debug!("peak memory: {kib} KiB");
+    }
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -95,6 +100,13 @@ pub fn now(env: &Env) -> Result<Timestamp, Error> {
             ))
         }),
     }
+}
+
+/// This process's peak resident memory (VmHWM), where /proc has it.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Logs go to stderr as `<UTC time> <LEVEL> <message>`; the level comes from

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, TryLockError};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -64,7 +64,8 @@ pub enum Ending {
 
 impl Ending {
     /// Classifies an agent outcome (SPEC §6.3).
-    pub fn from_agent(outcome: &agent::Outcome, bin: &str, timeout: Duration) -> Ending {
+    /// Takes the stdout out of `outcome` (it may be 8 MiB: not copied).
+    pub fn from_agent(outcome: &mut agent::Outcome, bin: &str, timeout: Duration) -> Ending {
         let stderr_tail = agent::tail_text(&outcome.stderr_tail, STDERR_TAIL_BYTES);
         let failure = |error: String| Ending::Failure {
             error,
@@ -92,13 +93,12 @@ impl Ending {
             Some(code) => return failure(format!("claude -p exited with code {code}")),
             None => return failure("claude -p exited without a status".to_string()),
         }
-        let text = String::from_utf8_lossy(&outcome.stdout);
-        let trimmed = text.trim();
-        if trimmed.is_empty() {
+        let stdout = trim_in_place(into_text(std::mem::take(&mut outcome.stdout)));
+        if stdout.is_empty() {
             return failure("claude -p produced empty stdout".to_string());
         }
         Ending::Success {
-            stdout: trimmed.to_string(),
+            stdout,
             truncated: outcome.stdout_truncated,
         }
     }
@@ -115,8 +115,22 @@ impl Ending {
     }
 }
 
+/// Bytes as text, without a copy when they are valid UTF-8.
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// `s.trim()` without a copy.
+fn trim_in_place(mut s: String) -> String {
+    let end = s.trim_end().len();
+    s.truncate(end);
+    let start = s.len() - s.trim_start().len();
+    s.drain(..start);
+    s
+}
+
 /// The note for a run (SPEC §6.3).
-pub fn note(info: &RunInfo, ending: &Ending, duration: Duration) -> NewNote {
+pub fn note(info: &RunInfo, ending: Ending, duration: Duration) -> NewNote {
     let mut m = Map::new();
     m.insert("parent_job_id".into(), Value::from(info.job_id.clone()));
     m.insert("parent_job_path".into(), Value::from(info.job_path.clone()));
@@ -140,8 +154,8 @@ pub fn note(info: &RunInfo, ending: &Ending, duration: Duration) -> NewNote {
     match ending {
         Ending::Success { stdout, truncated } => {
             m.insert("run_exit_code".into(), Value::from(0));
-            let mut content = stdout.clone();
-            if *truncated {
+            let mut content = stdout;
+            if truncated {
                 m.insert("run_output_truncated".into(), Value::from(true));
                 content.push('\n');
                 content.push_str(TRUNCATED_LINE);
@@ -159,29 +173,30 @@ pub fn note(info: &RunInfo, ending: &Ending, duration: Duration) -> NewNote {
             stderr_tail,
             truncated,
         } => {
+            let tail = if stderr_tail.is_empty() {
+                "(empty)"
+            } else {
+                stderr_tail.as_str()
+            };
+            let content = format!(
+                "# job-run failed\n\n**Reason:** {error}\n\n## stderr (tail)\n\n```\n{tail}\n```\n"
+            );
             m.insert(
                 "run_exit_code".into(),
                 exit_code.map_or(Value::Null, Value::from),
             );
-            m.insert("run_error".into(), Value::from(error.clone()));
-            m.insert("run_stderr_tail".into(), Value::from(stderr_tail.clone()));
-            if *truncated {
+            m.insert("run_error".into(), Value::from(error));
+            m.insert("run_stderr_tail".into(), Value::from(stderr_tail));
+            if truncated {
                 m.insert("run_output_truncated".into(), Value::from(true));
             }
             let mut tags = info.tags.clone();
             if !tags.iter().any(|t| t == FAILED_TAG) {
                 tags.push(FAILED_TAG.to_string());
             }
-            let tail = if stderr_tail.is_empty() {
-                "(empty)"
-            } else {
-                stderr_tail.as_str()
-            };
             NewNote {
                 path: format!("{}.failed", info.output_path),
-                content: format!(
-                    "# job-run failed\n\n**Reason:** {error}\n\n## stderr (tail)\n\n```\n{tail}\n```\n"
-                ),
+                content,
                 tags,
                 metadata: m,
             }
@@ -312,19 +327,30 @@ impl Outbox {
         note: &NewNote,
         now: Timestamp,
     ) -> io::Result<PathBuf> {
+        /// `Entry`, borrowed: the note may be megabytes.
+        #[derive(Serialize)]
+        struct EntryRef<'a> {
+            version: u32,
+            queued_at: Timestamp,
+            run_id: &'a str,
+            job_path: &'a str,
+            ok: bool,
+            note: &'a NewNote,
+        }
         files::create_private_dir(&self.dir)?;
-        let run_id = note.run_id().unwrap_or_default().to_string();
-        let entry = Entry {
+        let run_id = note.run_id().unwrap_or_default();
+        let entry = EntryRef {
             version: 1,
             queued_at: now,
-            run_id: run_id.clone(),
-            job_path: job_path.to_string(),
+            run_id,
+            job_path,
             ok,
-            note: note.clone(),
+            note,
         };
-        let bytes = serde_json::to_vec(&entry).map_err(io::Error::other)?;
-        let path = self.path_for(&run_id);
-        files::write_atomic(&path, &bytes)?;
+        let path = self.path_for(run_id);
+        files::write_atomic_with(&path, |w| {
+            serde_json::to_writer(w, &entry).map_err(io::Error::other)
+        })?;
         Ok(path)
     }
 
@@ -375,11 +401,9 @@ impl Outbox {
         if file.metadata().map(|m| m.nlink() == 0).unwrap_or(true) {
             return Delivery::Busy;
         }
-        let mut bytes = Vec::new();
-        if let Err(e) = file.read_to_end(&mut bytes) {
-            return Delivery::Failed(io_error(path, e));
-        }
-        let entry: Entry = match serde_json::from_slice(&bytes) {
+        let parsed =
+            serde_json::from_reader::<_, Entry>(io::BufReader::with_capacity(64 << 10, &mut file));
+        let entry: Entry = match parsed {
             Ok(entry) => entry,
             Err(e) => {
                 return Delivery::Failed(VaultError::Io {
@@ -490,11 +514,11 @@ mod tests {
     #[test]
     fn success_note_has_exactly_the_contract() {
         let ending = Ending::from_agent(
-            &outcome(Some(0), "\n  hello\n\n"),
+            &mut outcome(Some(0), "\n  hello\n\n"),
             "claude",
             Duration::from_secs(600),
         );
-        let n = note(&info(), &ending, Duration::from_millis(1234));
+        let n = note(&info(), ending, Duration::from_millis(1234));
         assert_eq!(n.path, "jobs/runs/brief/x");
         assert_eq!(n.content, "hello");
         assert_eq!(n.tags, ["job-run", "digest"]);
@@ -546,10 +570,10 @@ mod tests {
                 None,
             ),
         ];
-        for (o, want, code) in cases {
-            let ending = Ending::from_agent(&o, "/x/claude", t);
+        for (mut o, want, code) in cases {
+            let ending = Ending::from_agent(&mut o, "/x/claude", t);
             assert_eq!(ending.error(), Some(want));
-            let n = note(&info(), &ending, Duration::from_millis(5));
+            let n = note(&info(), ending, Duration::from_millis(5));
             assert_eq!(n.path, "jobs/runs/brief/x.failed");
             assert_eq!(n.tags, ["job-run", "digest", "job-run-failed"]);
             assert_eq!(n.metadata["run_error"], want);
@@ -576,7 +600,7 @@ mod tests {
             truncated: false,
         };
         assert!(
-            note(&info(), &ending, Duration::ZERO)
+            note(&info(), ending, Duration::ZERO)
                 .content
                 .contains("```\n(empty)\n```")
         );
@@ -584,13 +608,13 @@ mod tests {
             stdout: "big".into(),
             truncated: true,
         };
-        let n = note(&info(), &ending, Duration::ZERO);
+        let n = note(&info(), ending.clone(), Duration::ZERO);
         assert_eq!(n.content, "big\n[output truncated at 8 MiB]");
         assert_eq!(n.metadata["run_output_truncated"], true);
         let mut manual = info();
         manual.slot = None;
         manual.trigger = Trigger::Manual;
-        let n = note(&manual, &ending, Duration::ZERO);
+        let n = note(&manual, ending, Duration::ZERO);
         assert!(!n.metadata.contains_key("run_scheduled_for"));
         assert_eq!(n.metadata["run_trigger"], "manual");
     }
@@ -600,7 +624,7 @@ mod tests {
         let mut o = outcome(Some(1), "");
         o.stderr_tail = format!("{}é{}", "a".repeat(3000), "b".repeat(2047)).into_bytes();
         let Ending::Failure { stderr_tail, .. } =
-            Ending::from_agent(&o, "claude", Duration::from_secs(1))
+            Ending::from_agent(&mut o, "claude", Duration::from_secs(1))
         else {
             panic!()
         };

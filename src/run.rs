@@ -227,15 +227,16 @@ pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller))
         ),
         Ok(prompt) => run_agent(rt, &job, &info, prompt, on_start),
     };
-    let note = output::note(&info, &ending, duration);
     let ok = ending.is_success();
+    let error = ending.error().map(String::from);
+    let note = output::note(&info, ending, duration);
     let mut report = Report {
         job_path: job.path.clone(),
         run_id: info.run_id.clone(),
         trigger: info.trigger,
         slot: info.slot,
         ok,
-        error: ending.error().map(String::from),
+        error,
         written_to: None,
         output_path: note.path.clone(),
         queued_because: None,
@@ -254,11 +255,13 @@ pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller))
     // 2. The outcome is recorded and the job released.
     record_outcome(rt, &info, ok, &note.path);
     drop(_lock);
-    // 3. Delivery.
+    // 3. Delivery, from the outbox entry (the note in memory, which may be
+    // megabytes, is dropped first).
+    let spooled = spooled.map_err(|_| note);
     match spooled {
         Ok(entry) => match rt.outbox.deliver_entry(rt.vault.as_ref(), &entry) {
             Delivery::Delivered(path) => report.written_to = Some(path),
-            Delivery::Busy => report.written_to = Some(note.path.clone()),
+            Delivery::Busy => report.written_to = Some(report.output_path.clone()),
             Delivery::Failed(e) => {
                 log::warn!(
                     "{}: output of run {} queued in the outbox: {e}",
@@ -268,7 +271,7 @@ pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller))
                 report.queued_because = Some(e.to_string());
             }
         },
-        Err(_) => match output::deliver(rt.vault.as_ref(), &note) {
+        Err(note) => match output::deliver(rt.vault.as_ref(), &note) {
             Ok(path) => report.written_to = Some(path),
             Err(e) => {
                 log::error!(
@@ -313,9 +316,9 @@ fn run_agent(
         stdin: prompt.into_bytes(),
         timeout: job.timeout,
     };
-    let outcome = agent::run(&request, on_start);
+    let mut outcome = agent::run(request, on_start);
     (
-        Ending::from_agent(&outcome, &rt.claude_bin, job.timeout),
+        Ending::from_agent(&mut outcome, &rt.claude_bin, job.timeout),
         outcome.duration,
     )
 }
@@ -406,7 +409,7 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
                     truncated: false,
                 };
                 let elapsed = crate::state::until(running.started_at, now);
-                let note = output::note(&info, &ending, elapsed);
+                let note = output::note(&info, ending, elapsed);
                 if let Err(e) = rt.outbox.spool(path, false, &note, now) {
                     log::error!(
                         "{path}: could not queue the interrupted note of run {}: {e}",
@@ -451,7 +454,18 @@ fn remove_stale_mcp_files(tmp: &Path, live: &HashSet<String>) {
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let run_id = name.strip_suffix(MCP_SUFFIX).unwrap_or(name);
+        // `<run_id>.mcp.json`, or the temp file it is written through,
+        // `.<run_id>.mcp.json.tmp-<random>`.
+        let run_id = match name.strip_suffix(MCP_SUFFIX) {
+            Some(id) => id,
+            None => match name
+                .strip_prefix('.')
+                .and_then(|n| n.split_once(".mcp.json.tmp-"))
+            {
+                Some((id, _)) => id,
+                None => continue,
+            },
+        };
         if !live.contains(run_id) {
             let _ = fs::remove_file(entry.path());
         }

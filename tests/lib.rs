@@ -9,4 +9,5 @@ mod support;
 mod cli;
 mod cron;
 mod fake_vault_selftest;
+mod once;
 mod secrets;

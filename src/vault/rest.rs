@@ -169,17 +169,33 @@ impl Vault for RestVault {
             .content_type("application/json")
             .send(&body[..])
             .map_err(|e| unreachable(&what, &e))?;
-        let (status, body) = read_body(&what, response)?;
+        let mut response = response;
+        let status = response.status().as_u16();
         match status {
             200..=299 => {
-                let path = serde_json::from_slice::<Value>(&body)
+                // The answer repeats the whole note, which may be megabytes:
+                // stream it, keeping only `path`.
+                #[derive(serde::Deserialize)]
+                struct Answer {
+                    path: Option<String>,
+                }
+                let reader = response.body_mut().with_config().limit(MAX_BODY).reader();
+                let path = serde_json::from_reader::<_, Answer>(reader)
                     .ok()
-                    .and_then(|v| v.get("path").and_then(Value::as_str).map(String::from))
+                    .and_then(|a| a.path)
                     .unwrap_or_else(|| note.path.clone());
                 Ok(Created::At(path))
             }
             409 => Ok(Created::Conflict),
-            _ => Err(status_error(&what, status, &body)),
+            _ => {
+                let mut body = Vec::new();
+                let reader = response.body_mut().with_config().limit(MAX_BODY).reader();
+                let _ = std::io::Read::read_to_end(
+                    &mut std::io::Read::take(reader, 64 << 10),
+                    &mut body,
+                );
+                Err(status_error(&what, status, &body))
+            }
         }
     }
 

@@ -162,6 +162,9 @@ pub enum Fault {
     MalformedJson,
     /// Close the connection without answering.
     Close,
+    /// Process the request (a create stores its note), then close the
+    /// connection without answering: an answer lost on the way back.
+    CloseAfterStore,
 }
 
 /// The fake vault. Dropping it stops the server and closes every connection.
@@ -859,6 +862,11 @@ fn serve_connection(stream: TcpStream, shared: &Shared, generation: &Generation)
         let reply = match shared.take_fault(request.route()) {
             None => handle(shared, request),
             Some(Fault::Close) => {
+                let _ = writer.shutdown(Shutdown::Both);
+                return;
+            }
+            Some(Fault::CloseAfterStore) => {
+                let _ = handle(shared, request);
                 let _ = writer.shutdown(Shutdown::Both);
                 return;
             }

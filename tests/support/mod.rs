@@ -203,3 +203,14 @@ impl Ran {
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout()))
     }
 }
+
+/// The runner's own peak RSS in KiB, from the debug line it logs at exit
+/// (`peak memory: N KiB`, read from /proc/self/status).
+pub fn peak_rss_kib(ran: &Ran) -> u64 {
+    let err = ran.stderr();
+    let line = err
+        .lines()
+        .find_map(|l| l.split("peak memory: ").nth(1))
+        .unwrap_or_else(|| panic!("no peak memory line (RUST_LOG=debug?)\n{err}"));
+    line.trim_end_matches(" KiB").trim().parse().unwrap()
+}
