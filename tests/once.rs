@@ -1028,3 +1028,50 @@ fn jobs_prints_the_table() {
         "{out}"
     );
 }
+
+#[test]
+fn a_stalled_vault_times_out_with_a_clear_error() {
+    let w = World::new("stall");
+    w.vault
+        .set_fault(Route::List, Fault::Stall(Duration::from_secs(10)), None);
+    let started = Instant::now();
+    w.once_at("2026-01-01T00:00:30Z")
+        .env("PARACHUTE_RUNNER_HTTP_TIMEOUT", "1")
+        .run()
+        .status(2)
+        .stderr_has("listing notes tagged job: vault unreachable: timed out");
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+#[test]
+fn an_https_vault_url_speaks_tls() {
+    // The fake vault speaks plain HTTP: the TLS handshake fails, which shows
+    // the https URL went through rustls.
+    let w = World::new("https");
+    w.set_config(
+        "vault_url",
+        Value::from(w.vault.url().replace("http://", "https://")),
+    );
+    let ran = w.once_at("2026-01-01T00:00:30Z").run().status(2);
+    assert!(
+        ran.stderr()
+            .contains("listing notes tagged job: vault unreachable:"),
+        "{}",
+        ran.stderr()
+    );
+    assert!(!ran.stderr().contains(TOKEN));
+    assert!(
+        w.vault.requests().is_empty(),
+        "no plaintext request may reach the server"
+    );
+}
+
+#[test]
+fn vault_error_bodies_reach_the_message() {
+    let w = World::new("error-body");
+    w.set_config("vault_token", Value::from("pvt_wrong"));
+    w.once_at("2026-01-01T00:00:30Z")
+        .run()
+        .status(2)
+        .stderr_has("listing notes tagged job: vault answered 401: Unauthorized: Invalid API key");
+}
