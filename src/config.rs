@@ -483,7 +483,8 @@ fn migrate_token(paths: &Paths, doc: &Value, token: &Secret) -> Result<(), Confi
     Ok(())
 }
 
-fn absolute(dir: &Path) -> PathBuf {
+/// `dir` made absolute against the current directory.
+pub fn absolute(dir: &Path) -> PathBuf {
     if dir.is_absolute() {
         dir.to_path_buf()
     } else {

@@ -240,7 +240,7 @@ fn execute_all(rt: &Runtime, claimed: Vec<Claimed>, workers: usize, json: bool) 
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                     let Some(claimed) = next else { break };
                     let report = run::execute(rt, claimed, |_| {});
-                    print_line(&report_line(&report), json);
+                    print_line(&report_line(&report, rt.vault.as_ref()), json);
                     if let Ok(mut d) = done.lock() {
                         d.push(Line::Ran(report));
                     }
@@ -254,7 +254,7 @@ fn execute_all(rt: &Runtime, claimed: Vec<Claimed>, workers: usize, json: bool) 
         .unwrap_or_default()
 }
 
-fn report_line(r: &Report) -> String {
+fn report_line(r: &Report, vault: &dyn crate::vault::Vault) -> String {
     let mut s = String::new();
     let _ = write!(s, "{}: {}", if r.ok { "ok" } else { "failed" }, r.job_path);
     if let Some(e) = &r.error {
@@ -262,7 +262,7 @@ fn report_line(r: &Report) -> String {
     }
     match (&r.written_to, &r.queued_because) {
         (Some(path), _) => {
-            let _ = write!(s, " -> {path}");
+            let _ = write!(s, " -> {}", vault.locate(path));
         }
         (None, Some(why)) => {
             let _ = write!(s, " -> queued in the outbox ({why})");

@@ -54,6 +54,19 @@ impl Clock {
     }
 }
 
+/// A program named by a relative path (`bin/claude`) is made absolute
+/// now: the agent may run in another directory (the directory vault's).
+/// A bare name (`claude`) is left for the PATH lookup.
+fn resolve_program(bin: &str) -> String {
+    if bin.contains('/') {
+        crate::config::absolute(Path::new(bin))
+            .display()
+            .to_string()
+    } else {
+        bin.to_string()
+    }
+}
+
 /// What every run of a process shares.
 #[derive(Clone)]
 pub struct Runtime {
@@ -73,7 +86,7 @@ impl Runtime {
             vault,
             store: Store::new(&config.paths.runner_dir),
             outbox: Outbox::new(&config.paths.runner_dir),
-            claude_bin: config.claude_bin.clone(),
+            claude_bin: resolve_program(&config.claude_bin),
             child_env: agent::child_env(env),
             clock,
             date_override: None,

@@ -8,6 +8,7 @@ mod support;
 
 mod cli;
 mod cron;
+mod dir_vault;
 mod fake_vault_selftest;
 mod once;
 mod secrets;

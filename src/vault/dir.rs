@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 use jiff::Timestamp;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{AgentSetup, Created, NewNote, Note, Vault, VaultError, keep_newest};
 use crate::files;
@@ -211,6 +211,13 @@ impl Vault for DirVault {
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
+
+    fn locate(&self, note_path: &str) -> String {
+        self.root
+            .join(format!("{note_path}.md"))
+            .display()
+            .to_string()
+    }
 }
 
 /// The vault's path rules (vault-api.md): trimmed, a trailing `.md`
@@ -238,11 +245,13 @@ pub fn normalize(path: &str) -> Option<String> {
 /// The text of an output file: frontmatter with `tags` then the metadata
 /// keys, then the content.
 pub fn render_file(note: &NewNote) -> io::Result<String> {
-    let mut front = Map::new();
-    front.insert("tags".to_string(), Value::from(note.tags.clone()));
+    // serde_yaml's mapping keeps insertion order: `tags` first.
+    let mut front = serde_yaml::Mapping::new();
+    let yaml = |v: &Value| serde_yaml::to_value(v).map_err(io::Error::other);
+    front.insert("tags".into(), yaml(&Value::from(note.tags.clone()))?);
     for (k, v) in &note.metadata {
         if k != "tags" {
-            front.insert(k.clone(), v.clone());
+            front.insert(k.as_str().into(), yaml(v)?);
         }
     }
     let yaml = serde_yaml::to_string(&front).map_err(io::Error::other)?;
@@ -313,7 +322,7 @@ mod tests {
 
     #[test]
     fn output_file_round_trips_as_a_note() {
-        let mut metadata = Map::new();
+        let mut metadata = serde_json::Map::new();
         metadata.insert("run_id".into(), json!("r-1"));
         metadata.insert("run_duration_ms".into(), json!(1234));
         metadata.insert("run_stderr_tail".into(), json!("line 1\n---\nline: \"3\""));

@@ -162,6 +162,11 @@ pub trait Vault: Send + Sync {
     fn agent_setup(&self) -> AgentSetup;
     /// For logs: the URL or folder, never a credential.
     fn describe(&self) -> String;
+    /// Where a written note can be found, for report lines: its path, or
+    /// its file for a directory vault.
+    fn locate(&self, note_path: &str) -> String {
+        note_path.to_string()
+    }
 }
 
 /// HTTP timeouts for a REST vault.
