@@ -128,6 +128,11 @@ enum Event {
 pub struct Canceller(Sender<Event>);
 
 impl Canceller {
+    /// A canceller connected to nothing (for a run not started yet).
+    pub fn none() -> Canceller {
+        Canceller(mpsc::channel().0)
+    }
+
     pub fn cancel(&self) {
         let _ = self.0.send(Event::Cancel);
     }

@@ -8,18 +8,23 @@
 //! `once` and `serve` drive it; `server` and `auth` sit beside `serve`.
 
 pub mod agent;
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod files;
 pub mod job;
+pub mod metrics;
 pub mod once;
 pub mod output;
 pub mod random;
 pub mod run;
 pub mod schedule;
 pub mod secrets;
+pub mod serve;
+pub mod server;
+pub mod services;
 pub mod state;
 pub mod sys;
 pub mod template;
@@ -76,7 +81,7 @@ pub fn run(cmd: Command, env: &Env) -> Result<u8, Error> {
         Command::Validate(args) => commands::validate(&args, env),
         Command::Once(args) => once::run(&args, env),
         Command::Jobs(args) => commands::jobs(&args, env),
-        Command::Serve(_) => Err(Error::Fatal("not implemented yet".to_string())),
+        Command::Serve(args) => serve::run(&args, env),
     }
 }
 

@@ -299,6 +299,22 @@ pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller))
     report
 }
 
+/// Ends a claimed run that never started (serve shutting down while it
+/// waited for a free slot): a failure note with `reason`, recorded as any
+/// other outcome.
+pub fn abandon(rt: &Runtime, claimed: Claimed, reason: &str) -> Report {
+    let Claimed {
+        job, info, _lock, ..
+    } = claimed;
+    let claimed = Claimed {
+        job,
+        info,
+        prompt: Err(reason.to_string()),
+        _lock,
+    };
+    execute(rt, claimed, |_| {})
+}
+
 fn run_agent(
     rt: &Runtime,
     job: &Job,

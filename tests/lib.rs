@@ -12,3 +12,4 @@ mod dir_vault;
 mod fake_vault_selftest;
 mod once;
 mod secrets;
+mod serve;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake_claude;
+pub mod fake_hub;
 pub mod fake_vault;
 
 use std::ffi::OsStr;

@@ -1,0 +1,201 @@
+//! `serve`'s Prometheus metrics (SPEC §9.3 `/metrics`): counters and a
+//! duration histogram updated by runs, gauges read at scrape time. Labels
+//! never carry job paths or other note data.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the run duration histogram.
+const BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    runs_ok: AtomicU64,
+    runs_failed: AtomicU64,
+    durations: Mutex<Histogram>,
+    polls_ok: AtomicU64,
+    polls_failed: AtomicU64,
+}
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Values known only at scrape time.
+pub struct Gauges {
+    pub jobs_loaded: usize,
+    pub running: usize,
+    pub outbox_depth: usize,
+    /// Unix seconds of the last poll, if any.
+    pub last_poll: Option<i64>,
+    pub last_poll_ok: bool,
+    pub uptime: Duration,
+}
+
+impl Metrics {
+    pub fn run_finished(&self, ok: bool, duration: Duration) {
+        if ok {
+            self.runs_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.runs_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut h) = self.durations.lock() {
+            let secs = duration.as_secs_f64();
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                if secs <= *bound {
+                    h.counts[i] += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += secs;
+        }
+    }
+
+    pub fn poll(&self, ok: bool) {
+        if ok {
+            self.polls_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.polls_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut s = String::with_capacity(2048);
+        let ok = self.runs_ok.load(Ordering::Relaxed);
+        let failed = self.runs_failed.load(Ordering::Relaxed);
+        let _ = writeln!(
+            s,
+            "# HELP parachute_runner_runs_total Finished runs by status."
+        );
+        let _ = writeln!(s, "# TYPE parachute_runner_runs_total counter");
+        let _ = writeln!(s, "parachute_runner_runs_total{{status=\"ok\"}} {ok}");
+        let _ = writeln!(
+            s,
+            "parachute_runner_runs_total{{status=\"failed\"}} {failed}"
+        );
+        let _ = writeln!(
+            s,
+            "# HELP parachute_runner_run_duration_seconds Duration of finished runs."
+        );
+        let _ = writeln!(s, "# TYPE parachute_runner_run_duration_seconds histogram");
+        if let Ok(h) = self.durations.lock() {
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "parachute_runner_run_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                    h.counts[i]
+                );
+            }
+            let _ = writeln!(
+                s,
+                "parachute_runner_run_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(s, "parachute_runner_run_duration_seconds_sum {}", h.sum);
+            let _ = writeln!(s, "parachute_runner_run_duration_seconds_count {}", h.count);
+        }
+        let gauge = |s: &mut String, name: &str, help: &str, value: String| {
+            let _ = writeln!(s, "# HELP {name} {help}");
+            let _ = writeln!(s, "# TYPE {name} gauge");
+            let _ = writeln!(s, "{name} {value}");
+        };
+        gauge(
+            &mut s,
+            "parachute_runner_jobs_loaded",
+            "Job notes in the current table.",
+            g.jobs_loaded.to_string(),
+        );
+        gauge(
+            &mut s,
+            "parachute_runner_running_jobs",
+            "Runs going on now.",
+            g.running.to_string(),
+        );
+        gauge(
+            &mut s,
+            "parachute_runner_outbox_depth",
+            "Output notes waiting for the vault.",
+            g.outbox_depth.to_string(),
+        );
+        gauge(
+            &mut s,
+            "parachute_runner_last_poll_timestamp_seconds",
+            "Unix time of the last poll of the vault (0: none yet).",
+            g.last_poll.unwrap_or(0).to_string(),
+        );
+        gauge(
+            &mut s,
+            "parachute_runner_last_poll_success",
+            "1 if the last poll of the vault succeeded.",
+            u8::from(g.last_poll_ok).to_string(),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP parachute_runner_polls_total Polls of the vault by result."
+        );
+        let _ = writeln!(s, "# TYPE parachute_runner_polls_total counter");
+        let _ = writeln!(
+            s,
+            "parachute_runner_polls_total{{result=\"ok\"}} {}",
+            self.polls_ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "parachute_runner_polls_total{{result=\"failed\"}} {}",
+            self.polls_failed.load(Ordering::Relaxed)
+        );
+        gauge(
+            &mut s,
+            "parachute_runner_uptime_seconds",
+            "Seconds since serve started.",
+            g.uptime.as_secs().to_string(),
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition() {
+        let m = Metrics::default();
+        m.run_finished(true, Duration::from_secs(3));
+        m.run_finished(false, Duration::from_secs(700));
+        m.poll(true);
+        let text = m.render(&Gauges {
+            jobs_loaded: 7,
+            running: 1,
+            outbox_depth: 2,
+            last_poll: Some(1_800_000_000),
+            last_poll_ok: true,
+            uptime: Duration::from_secs(9),
+        });
+        for line in [
+            "parachute_runner_runs_total{status=\"ok\"} 1",
+            "parachute_runner_runs_total{status=\"failed\"} 1",
+            "parachute_runner_run_duration_seconds_bucket{le=\"1\"} 0",
+            "parachute_runner_run_duration_seconds_bucket{le=\"5\"} 1",
+            "parachute_runner_run_duration_seconds_bucket{le=\"600\"} 1",
+            "parachute_runner_run_duration_seconds_bucket{le=\"1800\"} 2",
+            "parachute_runner_run_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "parachute_runner_run_duration_seconds_count 2",
+            "parachute_runner_jobs_loaded 7",
+            "parachute_runner_running_jobs 1",
+            "parachute_runner_outbox_depth 2",
+            "parachute_runner_last_poll_timestamp_seconds 1800000000",
+            "parachute_runner_last_poll_success 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}

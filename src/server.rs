@@ -1,0 +1,522 @@
+//! The HTTP admin API of `serve` (SPEC §9.2, §9.3) on tiny_http: routing,
+//! the JSON answers, body caps, and a thread per request so one slow
+//! client never holds up another. Authentication is `auth`'s; the work is
+//! the `Daemon`'s.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tiny_http::{Header, Method, Request, Response, Server};
+
+use crate::auth::{Denied, Need};
+use crate::serve::{Daemon, RunNowError};
+
+/// `.parachute/info` and `.parachute/config/schema`, as shipped.
+pub const INFO: &str = include_str!("../.parachute/info");
+pub const SCHEMA: &str = include_str!("../.parachute/config/schema");
+pub const TAGLINE: &str = "Runs scheduled Claude jobs from your vault's notes";
+/// Largest request body read (SPEC §9.2).
+pub const MAX_BODY: usize = 64 << 10;
+const DEFAULT_RUNS_LIMIT: usize = 50;
+
+/// Hands each request to its own thread, until the server is unblocked.
+pub fn accept_loop(server: &Server, daemon: &Arc<Daemon>) {
+    for request in server.incoming_requests() {
+        let daemon = Arc::clone(daemon);
+        let spawned = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || handle(request, &daemon));
+        if let Err(e) = spawned {
+            log::error!("cannot start a request thread: {e}");
+        }
+    }
+}
+
+/// An answer: status and JSON (or text) body.
+struct Answer {
+    status: u16,
+    body: String,
+    content_type: &'static str,
+    allow: Option<&'static str>,
+}
+
+impl Answer {
+    fn json(status: u16, body: Value) -> Answer {
+        Answer {
+            status,
+            body: body.to_string(),
+            content_type: "application/json",
+            allow: None,
+        }
+    }
+
+    fn error(status: u16, code: &str, message: impl Into<String>) -> Answer {
+        Answer::json(status, json!({ "error": code, "message": message.into() }))
+    }
+
+    fn raw(status: u16, body: &str, content_type: &'static str) -> Answer {
+        Answer {
+            status,
+            body: body.to_string(),
+            content_type,
+            allow: None,
+        }
+    }
+}
+
+fn header(name: &str, value: &str) -> Option<Header> {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+fn handle(mut request: Request, daemon: &Arc<Daemon>) {
+    let answer = route(&mut request, daemon);
+    let mut response = Response::from_string(answer.body).with_status_code(answer.status);
+    if let Some(h) = header("Content-Type", answer.content_type) {
+        response = response.with_header(h);
+    }
+    if let Some(allow) = answer.allow
+        && let Some(h) = header("Allow", allow)
+    {
+        response = response.with_header(h);
+    }
+    let _ = request.respond(response);
+}
+
+/// The routes of SPEC §9.3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Health,
+    Info,
+    Schema,
+    Jobs,
+    Runs,
+    RunNow,
+    Config,
+    ClearToken,
+    Metrics,
+}
+
+fn find_route(path: &str) -> Option<(Route, &'static [Method])> {
+    const GET: &[Method] = &[Method::Get];
+    const POST: &[Method] = &[Method::Post];
+    Some(match path {
+        "/healthz" | "/runner/healthz" => (Route::Health, GET),
+        "/.parachute/info" => (Route::Info, GET),
+        "/.parachute/config/schema" => (Route::Schema, GET),
+        "/runner/jobs" => (Route::Jobs, GET),
+        "/runner/runs" => (Route::Runs, GET),
+        "/.parachute/config" => (Route::Config, &[Method::Get, Method::Put]),
+        "/.parachute/clear-credential/vault-token" => (Route::ClearToken, POST),
+        "/metrics" => (Route::Metrics, GET),
+        p if p.starts_with("/runner/jobs/")
+            && p.ends_with("/run-now")
+            && p.len() > "/runner/jobs//run-now".len() =>
+        {
+            (Route::RunNow, POST)
+        }
+        _ => return None,
+    })
+}
+
+fn route(request: &mut Request, daemon: &Arc<Daemon>) -> Answer {
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let Some((route, methods)) = find_route(path) else {
+        return Answer::error(404, "not_found", format!("no route {path}"));
+    };
+    let method = request.method().clone();
+    if !methods.contains(&method) {
+        let mut a = Answer::error(
+            405,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        );
+        a.allow = Some(match route {
+            Route::Config => "GET, PUT",
+            Route::RunNow | Route::ClearToken => "POST",
+            _ => "GET",
+        });
+        return a;
+    }
+    // The body, capped, before anything else reads the request.
+    let body = match read_body(request) {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    let need = match (route, &method) {
+        (Route::Health | Route::Info | Route::Schema | Route::Metrics, _) => None,
+        (Route::Jobs | Route::Runs, _) | (Route::Config, Method::Get) => Some(Need::Read),
+        _ => Some(Need::Admin),
+    };
+    if let Some(need) = need {
+        let auth_header = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Authorization"))
+            .map(|h| h.value.as_str().to_string());
+        if let Err(denied) = daemon
+            .auth
+            .check(auth_header.as_deref(), need, Timestamp::now())
+        {
+            return denied_answer(&denied);
+        }
+    }
+    match (route, method) {
+        (Route::Health, _) => health(daemon),
+        (Route::Info, _) => Answer::raw(200, INFO, "application/json"),
+        (Route::Schema, _) => Answer::raw(200, SCHEMA, "application/schema+json"),
+        (Route::Metrics, _) => Answer::raw(
+            200,
+            &daemon.metrics.render(&daemon.gauges()),
+            "text/plain; version=0.0.4",
+        ),
+        (Route::Jobs, _) => jobs(daemon),
+        (Route::Runs, _) => runs(daemon, query),
+        (Route::RunNow, _) => run_now(daemon, path, query),
+        (Route::Config, Method::Get) => Answer::json(200, daemon.config_view()),
+        (Route::Config, _) => put_config(daemon, &body),
+        (Route::ClearToken, _) => match daemon.clear_token() {
+            Ok(()) => Answer::json(200, json!({ "ok": true })),
+            Err(e) => Answer::error(500, "internal_error", e),
+        },
+    }
+}
+
+fn read_body(request: &mut Request) -> Result<Vec<u8>, Answer> {
+    let too_large = || {
+        Answer::error(
+            413,
+            "payload_too_large",
+            format!("request bodies are limited to {} KiB", MAX_BODY >> 10),
+        )
+    };
+    if request.body_length().is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    match request
+        .as_reader()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut body)
+    {
+        Ok(_) if body.len() > MAX_BODY => Err(too_large()),
+        Ok(_) => Ok(body),
+        Err(e) => Err(Answer::error(
+            400,
+            "bad_request",
+            format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+fn denied_answer(denied: &Denied) -> Answer {
+    match denied {
+        Denied::Unauthorized(message) => {
+            Answer::json(401, json!({ "error": "unauthorized", "message": message }))
+        }
+        Denied::Forbidden { required, granted } => Answer::json(
+            403,
+            json!({
+                "error": "Forbidden",
+                "error_type": "insufficient_scope",
+                "message": denied.to_string(),
+                "required_scope": required,
+                "granted_scopes": granted,
+            }),
+        ),
+    }
+}
+
+fn health(daemon: &Daemon) -> Answer {
+    let (jobs, tick) = {
+        let s = daemon.shared();
+        (
+            s.table.values().filter(|e| e.next.is_some()).count(),
+            s.last_tick,
+        )
+    };
+    Answer::json(
+        200,
+        json!({
+            "status": "ok",
+            "scheduledJobs": jobs,
+            "lastTickAt": tick.map(|t| format!("{t:.3}")),
+            "uptime_seconds": daemon.uptime().as_secs(),
+        }),
+    )
+}
+
+fn jobs(daemon: &Daemon) -> Answer {
+    let (rows, store, disabled) = {
+        let s = daemon.shared();
+        let rows: Vec<(String, crate::job::Job, Option<Timestamp>)> = s
+            .table
+            .iter()
+            .filter_map(|(p, e)| e.job.as_ref().ok().map(|j| (p.clone(), j.clone(), e.next)))
+            .collect();
+        (
+            rows,
+            s.rt.as_ref().map(|rt| rt.store.clone()),
+            s.config.disabled,
+        )
+    };
+    let state = store.and_then(|st| st.read().ok()).unwrap_or_default();
+    let list: Vec<Value> = rows
+        .into_iter()
+        .map(|(path, job, next)| {
+            let entry = state.jobs.get(&path);
+            let last = entry.and_then(|e| e.last_run.as_ref());
+            let running = entry.is_some_and(|e| e.running.is_some());
+            json!({
+                "jobPath": path,
+                "schedule": job.schedule_text,
+                "nextRunAt": next.map(|t| format!("{t:.3}")),
+                "disabled": job.disabled || disabled,
+                "lastRunAt": last.map(|l| format!("{:.3}", l.started_at)),
+                "lastRunStatus": if running { Some("running".to_string()) } else { last.map(|l| l.status.clone()) },
+                "lastRunId": last.map(|l| l.run_id.clone()),
+            })
+        })
+        .collect();
+    Answer::json(200, json!({ "jobs": list }))
+}
+
+/// `key=value` pairs of a query string, percent-decoded.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| percent_decode(&v.replace('+', " ")))
+}
+
+/// Strict percent-decoding to UTF-8; `None` on a bad escape.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn runs(daemon: &Daemon, query: &str) -> Answer {
+    let since = match query_param(query, "since") {
+        None => None,
+        Some(text) => match text.parse::<Timestamp>() {
+            Ok(t) => Some(t),
+            Err(_) => {
+                return Answer::error(
+                    400,
+                    "bad_request",
+                    format!(
+                        "since: expected an ISO 8601 instant such as 2026-01-01T00:00:00Z (got {text:?})"
+                    ),
+                );
+            }
+        },
+    };
+    let limit = match query_param(query, "limit") {
+        None => DEFAULT_RUNS_LIMIT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Answer::error(
+                    400,
+                    "bad_request",
+                    format!("limit: expected an integer from 1 to 1000 (got {text:?})"),
+                );
+            }
+        },
+    };
+    let rt = daemon.shared().rt.clone();
+    let Some(rt) = rt else {
+        return Answer::error(
+            502,
+            "upstream_unreachable",
+            "no vault token: cannot reach the vault",
+        );
+    };
+    match rt.vault.list_runs(since, limit) {
+        Ok(notes) => {
+            let list: Vec<Value> = notes
+                .into_iter()
+                .map(|n| {
+                    json!({
+                        "id": n.id,
+                        "path": n.path,
+                        "tags": n.tags,
+                        "metadata": n.metadata.unwrap_or_else(|| json!({})),
+                        "created_at": n.created_at,
+                    })
+                })
+                .collect();
+            Answer::json(200, json!({ "runs": list }))
+        }
+        Err(e) => Answer::error(502, "upstream_unreachable", e.to_string()),
+    }
+}
+
+fn run_now(daemon: &Arc<Daemon>, path: &str, query: &str) -> Answer {
+    let encoded = &path["/runner/jobs/".len()..path.len() - "/run-now".len()];
+    let Some(job_path) = percent_decode(encoded) else {
+        return Answer::error(404, "not_found", "no such job");
+    };
+    let (rt, claimed) = match daemon.run_now(&job_path) {
+        Ok(v) => v,
+        Err(RunNowError::NotFound) => {
+            return Answer::error(404, "not_found", format!("no job at {job_path}"));
+        }
+        Err(RunNowError::Running) => {
+            return Answer::error(409, "conflict", format!("{job_path} is running already"));
+        }
+        Err(RunNowError::Paused) => {
+            return Answer::error(503, "paused", "no vault token: scheduling is paused");
+        }
+        Err(RunNowError::Invalid(e)) => return Answer::error(422, "invalid_job", e),
+        Err(RunNowError::Upstream(e)) => return Answer::error(502, "upstream_unreachable", e),
+    };
+    let run_id = claimed.info.run_id.clone();
+    let asynchronous = matches!(query_param(query, "async").as_deref(), Some("1" | "true"));
+    if asynchronous {
+        let daemon2 = Arc::clone(daemon);
+        std::thread::spawn(move || daemon2.work(&rt, claimed));
+        return Answer::json(
+            202,
+            json!({ "ok": true, "runId": run_id, "status": "started" }),
+        );
+    }
+    let report = daemon.work(&rt, claimed);
+    Answer::json(
+        200,
+        json!({
+            "ok": true,
+            "runId": report.run_id,
+            "status": if report.ok { "ok" } else { "failed" },
+            "outputPath": report.written_to.unwrap_or(report.output_path),
+            "error": report.error,
+        }),
+    )
+}
+
+fn put_config(daemon: &Daemon, body: &[u8]) -> Answer {
+    let patch = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => {
+            return Answer::json(
+                400,
+                json!({"error": "validation_failed", "message": "expected a JSON object", "errors": [{"path": "", "message": "expected a JSON object"}]}),
+            );
+        }
+        Err(e) => {
+            return Answer::json(
+                400,
+                json!({"error": "validation_failed", "message": format!("not JSON: {e}"), "errors": [{"path": "", "message": format!("not JSON: {e}")}]}),
+            );
+        }
+    };
+    match daemon.update_config(&patch) {
+        Ok(deferred) => Answer::json(200, json!({ "ok": true, "deferred": deferred })),
+        Err(errors) => {
+            let list: Vec<Value> = errors
+                .iter()
+                .map(|(p, m)| json!({ "path": p, "message": m }))
+                .collect();
+            let message = errors
+                .iter()
+                .map(|(p, m)| {
+                    if p.is_empty() {
+                        m.clone()
+                    } else {
+                        format!("{p}: {m}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            Answer::json(
+                400,
+                json!({ "error": "validation_failed", "message": message, "errors": list }),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(find_route("/healthz").map(|r| r.0), Some(Route::Health));
+        assert_eq!(
+            find_route("/runner/healthz").map(|r| r.0),
+            Some(Route::Health)
+        );
+        assert_eq!(
+            find_route("/runner/jobs/jobs%2Fa/run-now").map(|r| r.0),
+            Some(Route::RunNow)
+        );
+        assert_eq!(find_route("/runner/jobs//run-now").map(|r| r.0), None);
+        assert_eq!(find_route("/runner/jobs/x"), None);
+        assert_eq!(find_route("/nope"), None);
+    }
+
+    #[test]
+    fn queries() {
+        assert_eq!(
+            query_param("a=1&since=2026-01-01T00%3A00%3A00Z&limit=5", "since").as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(query_param("async", "async").as_deref(), Some(""));
+        assert_eq!(query_param("x=%zz", "x"), None);
+        assert_eq!(
+            percent_decode("jobs%2Fdaily%20brief").as_deref(),
+            Some("jobs/daily brief")
+        );
+        assert_eq!(percent_decode("%00").as_deref(), Some("\0"));
+        assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn embedded_files_match_the_contract() {
+        let info: Value = serde_json::from_str(INFO).unwrap();
+        assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(info["name"], "parachute-runner");
+        assert_eq!(info["tagline"], TAGLINE);
+        assert_eq!(
+            info["capabilities"],
+            json!(["scheduled-jobs", "claude-p-runner"])
+        );
+        let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+        assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+        assert_eq!(schema["properties"]["vault_token"]["writeOnly"], true);
+        let mut keys: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort();
+        let mut want = crate::config::KEYS.to_vec();
+        want.sort();
+        assert_eq!(keys, want);
+        let module: Value =
+            serde_json::from_str(include_str!("../.parachute/module.json")).unwrap();
+        assert_eq!(module["port"], 1945);
+        assert_eq!(module["health"], "/runner/healthz");
+        assert_eq!(
+            module["scopes"]["defines"],
+            json!(["runner:read", "runner:admin"])
+        );
+    }
+}
