@@ -125,16 +125,27 @@ enum Event {
 
 /// Stops a running agent early, from another thread.
 #[derive(Clone)]
-pub struct Canceller(Sender<Event>);
+pub struct Canceller {
+    tx: Sender<Event>,
+    pid: u32,
+}
 
 impl Canceller {
     /// A canceller connected to nothing (for a run not started yet).
     pub fn none() -> Canceller {
-        Canceller(mpsc::channel().0)
+        Canceller {
+            tx: mpsc::channel().0,
+            pid: 0,
+        }
     }
 
     pub fn cancel(&self) {
-        let _ = self.0.send(Event::Cancel);
+        let _ = self.tx.send(Event::Cancel);
+    }
+
+    /// The agent's pid, which is also its process group id (0: none).
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 }
 
@@ -200,7 +211,7 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
             }
         });
     }
-    on_start(Canceller(tx));
+    on_start(Canceller { tx, pid });
 
     let mut readers_left = 2;
     let mut stopped = None;

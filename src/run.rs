@@ -23,6 +23,7 @@ use crate::job::Job;
 use crate::output::{self, Delivery, Ending, Outbox, RunInfo};
 use crate::random;
 use crate::state::{LastRun, Lock, Locked, Running, StateError, Store, Trigger};
+use crate::sys;
 use crate::template::{self, Vars};
 use crate::vault::Vault;
 use crate::vault::dir::normalize;
@@ -30,6 +31,7 @@ use crate::vault::dir::normalize;
 /// Where MCP config files live while their run goes on.
 pub const TMP_DIR: &str = "tmp";
 const MCP_SUFFIX: &str = ".mcp.json";
+const AGENT_SUFFIX: &str = ".agent.json";
 
 /// The clock: the system's, or a fixed instant (`PARACHUTE_RUNNER_NOW`).
 #[derive(Clone, Copy, Debug)]
@@ -337,6 +339,21 @@ fn run_agent(
         return (ending, Duration::ZERO);
     }
     let _remove = RemoveOnDrop(&mcp_path);
+    // Which process group the agent is, so that a pass after a crash of
+    // this runner can stop what it left running.
+    let agent_path = tmp.join(format!("{}{AGENT_SUFFIX}", info.run_id));
+    let _remove_agent = RemoveOnDrop(&agent_path);
+    let on_start = |cancel: Canceller| {
+        let pid = cancel.pid();
+        if let Some((_, start)) = sys::proc_stat(pid) {
+            let record =
+                serde_json::json!({"pgid": pid, "start": start, "boot_id": sys::boot_id()});
+            if let Err(e) = files::write_atomic(&agent_path, record.to_string().as_bytes()) {
+                log::warn!("{}: could not record the agent's pid: {e}", job.path);
+            }
+        }
+        on_start(cancel);
+    };
     let request = agent::Request {
         program: rt.claude_bin.clone(),
         args: agent::claude_args(&mcp_path, &job.allowed_tools, &job.model),
@@ -413,6 +430,7 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
                 continue;
             }
         }
+        stop_orphans(&rt.tmp_dir(), path, &running.run_id);
         let status = match rt.outbox.read(&running.run_id) {
             Some(queued) => queued.ok,
             None => {
@@ -464,8 +482,40 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
         });
         settled.push(running.run_id);
     }
-    remove_stale_mcp_files(&rt.tmp_dir(), &running_ids(locked));
+    remove_stale_run_files(&rt.tmp_dir(), &running_ids(locked));
     settled
+}
+
+/// Stops the agent processes a dead runner left behind, if the recorded
+/// process group is still that agent's (same boot, same start time: a
+/// reused pid is left alone).
+fn stop_orphans(tmp: &Path, job_path: &str, run_id: &str) {
+    let file = tmp.join(format!("{run_id}{AGENT_SUFFIX}"));
+    let Ok(bytes) = fs::read(&file) else { return };
+    let _ = fs::remove_file(&file);
+    let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return;
+    };
+    let (Some(pgid), Some(start)) = (
+        record["pgid"].as_u64().and_then(|p| u32::try_from(p).ok()),
+        record["start"].as_u64(),
+    ) else {
+        return;
+    };
+    if record["boot_id"].as_str() != sys::boot_id().as_deref() {
+        return;
+    }
+    if sys::proc_stat(pgid).is_some_and(|(_, s)| s != start) {
+        return;
+    }
+    let members = sys::group_members(pgid);
+    if !members.is_empty() {
+        log::warn!(
+            "{job_path}: stopping {} process(es) left running by the agent of run {run_id}",
+            members.len()
+        );
+        let _ = sys::kill_group(pgid, sys::SIGKILL);
+    }
 }
 
 /// The run ids still marked running.
@@ -478,23 +528,20 @@ pub fn running_ids(locked: &Locked) -> HashSet<String> {
         .collect()
 }
 
-fn remove_stale_mcp_files(tmp: &Path, live: &HashSet<String>) {
+fn remove_stale_run_files(tmp: &Path, live: &HashSet<String>) {
     let Ok(dir) = fs::read_dir(tmp) else { return };
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        // `<run_id>.mcp.json`, or the temp file it is written through,
-        // `.<run_id>.mcp.json.tmp-<random>`.
-        let run_id = match name.strip_suffix(MCP_SUFFIX) {
-            Some(id) => id,
-            None => match name
-                .strip_prefix('.')
-                .and_then(|n| n.split_once(".mcp.json.tmp-"))
-            {
-                Some((id, _)) => id,
-                None => continue,
-            },
-        };
+        // `<run_id>.mcp.json`, `<run_id>.agent.json`, or the temp files
+        // they are written through, `.<run_id>.….tmp-<random>`. Run ids
+        // (UUIDs) have no dot.
+        let run_id = name
+            .strip_prefix('.')
+            .unwrap_or(name)
+            .split('.')
+            .next()
+            .unwrap_or("");
         if !live.contains(run_id) {
             let _ = fs::remove_file(entry.path());
         }

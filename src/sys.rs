@@ -74,3 +74,33 @@ pub fn raise_fd_limit() {
         }
     }
 }
+
+/// A process's group id and start time (clock ticks after boot), from
+/// /proc; `None` if it is gone or a zombie.
+pub fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may itself hold ") ".
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if matches!(rest.first(), Some(&"Z") | Some(&"X") | None) {
+        return None;
+    }
+    Some((rest.get(2)?.parse().ok()?, rest.get(19)?.parse().ok()?))
+}
+
+/// This boot's id: pids and start times are only comparable within one.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Live processes whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|(g, _)| g == pgid))
+        .collect()
+}

@@ -711,7 +711,7 @@ fn a_killed_runner_leaves_an_interrupted_note_on_the_next_pass() {
         == 1));
     child.kill().unwrap();
     child.wait().unwrap();
-    // The agent's group outlives a SIGKILLed runner; end it for the test.
+    // The agent outlives a SIGKILLed runner...
     let call = fake_claude::only_invocation(&w.claude_dir);
     let pid: i32 = call
         .dir
@@ -721,9 +721,19 @@ fn a_killed_runner_leaves_an_interrupted_note_on_the_next_pass() {
         .unwrap()
         .parse()
         .unwrap();
-    unsafe_kill_group(pid);
+    assert!(fake_claude::alive(pid));
     let ran = w.once_at("2026-01-01T00:01:40Z").run().success();
     assert!(ran.stderr().contains("was interrupted"), "{}", ran.stderr());
+    // ...until the next pass stops it.
+    assert!(
+        ran.stderr().contains("left running by the agent of run"),
+        "{}",
+        ran.stderr()
+    );
+    assert!(
+        !fake_claude::alive(pid),
+        "the orphaned agent survived the next pass"
+    );
     let note = w.runs().remove(0);
     assert!(note.path.as_deref().unwrap().ends_with(".failed"));
     assert_eq!(
@@ -738,12 +748,6 @@ fn a_killed_runner_leaves_an_interrupted_note_on_the_next_pass() {
     // Settled once: the next pass writes nothing more.
     w.once_at("2026-01-01T00:01:50Z").run().success();
     assert_eq!(w.runs().len(), 1);
-}
-
-fn unsafe_kill_group(pgid: i32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
-        .status();
 }
 
 #[test]
