@@ -14,6 +14,8 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod job;
 pub mod metrics;
 pub mod once;

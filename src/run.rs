@@ -38,6 +38,13 @@ const AGENT_SUFFIX: &str = ".agent.json";
 pub enum Clock {
     System,
     Fixed(Timestamp),
+    /// Simulated time for tests: `start` at the real instant `anchor`, then
+    /// `speed` times faster than real time (`PARACHUTE_RUNNER_CLOCK`).
+    Scaled {
+        start: Timestamp,
+        anchor: Timestamp,
+        speed: u32,
+    },
 }
 
 impl Clock {
@@ -45,14 +52,58 @@ impl Clock {
         match self {
             Clock::System => Timestamp::now(),
             Clock::Fixed(t) => t,
+            Clock::Scaled {
+                start,
+                anchor,
+                speed,
+            } => {
+                let real = Timestamp::now().duration_since(anchor);
+                let simulated = real
+                    .checked_mul(i32::try_from(speed).unwrap_or(i32::MAX))
+                    .unwrap_or(real);
+                start.checked_add(simulated).unwrap_or(start)
+            }
         }
     }
 
-    pub fn from_env(env: &Env) -> Result<Clock, crate::error::Error> {
-        match env.get("PARACHUTE_RUNNER_NOW") {
-            None => Ok(Clock::System),
-            Some(_) => crate::now(env).map(Clock::Fixed),
+    /// How long to really wait for `simulated` to pass.
+    pub fn real_duration(self, simulated: Duration) -> Duration {
+        match self {
+            Clock::Scaled { speed, .. } => simulated / speed.max(1),
+            _ => simulated,
         }
+    }
+
+    /// `PARACHUTE_RUNNER_NOW=<instant>` (a fixed now) or
+    /// `PARACHUTE_RUNNER_CLOCK=<start>,<anchor>,<speed>` (simulated time).
+    pub fn from_env(env: &Env) -> Result<Clock, crate::error::Error> {
+        if env.get("PARACHUTE_RUNNER_NOW").is_some() {
+            return crate::now(env).map(Clock::Fixed);
+        }
+        let Some(text) = env.get("PARACHUTE_RUNNER_CLOCK") else {
+            return Ok(Clock::System);
+        };
+        let bad = || {
+            crate::error::Error::Fatal(format!(
+                "PARACHUTE_RUNNER_CLOCK: expected <start>,<anchor>,<speed> (two RFC 3339 instants and a factor from 1 to 100000), got {text:?}"
+            ))
+        };
+        let mut parts = text.split(',');
+        let (Some(start), Some(anchor), Some(speed), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        Ok(Clock::Scaled {
+            start: start.trim().parse().map_err(|_| bad())?,
+            anchor: anchor.trim().parse().map_err(|_| bad())?,
+            speed: speed
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s| (1..=100_000).contains(s))
+                .ok_or_else(bad)?,
+        })
     }
 }
 

@@ -217,10 +217,6 @@ impl SecretStore {
 }
 
 fn read_entries(path: &Path) -> Result<Map<String, Value>, SecretsError> {
-    let malformed = |reason: String| SecretsError::Malformed {
-        path: path.to_path_buf(),
-        reason,
-    };
     let Some(bytes) = files::read_optional(path).map_err(|source| SecretsError::Io {
         path: path.to_path_buf(),
         source,
@@ -228,22 +224,37 @@ fn read_entries(path: &Path) -> Result<Map<String, Value>, SecretsError> {
     else {
         return Ok(Map::new());
     };
-    let doc: Value =
-        serde_json::from_slice(&bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    parse_entries(&bytes).map_err(|reason| SecretsError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// The entries of a secrets.json document.
+pub fn parse_entries(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+    let doc: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     match doc.get("version") {
         Some(v) if v == 1 => {}
         other => {
-            return Err(malformed(format!(
+            return Err(format!(
                 "unsupported version {} (expected 1)",
                 other.map_or("(none)".to_string(), Value::to_string)
-            )));
+            ));
         }
     }
     match doc.get("entries") {
         Some(Value::Object(entries)) => Ok(entries.clone()),
         None => Ok(Map::new()),
-        Some(_) => Err(malformed("\"entries\" is not an object".to_string())),
+        Some(_) => Err("\"entries\" is not an object".to_string()),
     }
+}
+
+/// Decrypts one envelope with `key`; `Err` for a malformed or tampered one.
+pub fn decrypt(key: &[u8; KEY_LEN], entry: &Value) -> Result<Vec<u8>, String> {
+    open_envelope(key, entry).map_err(|p| match p {
+        Problem::Tampered => "does not decrypt".to_string(),
+        Problem::Shape(reason) => reason,
+    })
 }
 
 enum Problem {

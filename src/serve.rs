@@ -68,6 +68,7 @@ pub struct Daemon {
     pub auth: Auth,
     started: Instant,
     stopping: AtomicBool,
+    clock: Clock,
 }
 
 /// Entry point: `parachute-runner serve`.
@@ -128,7 +129,16 @@ pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
 
 impl Daemon {
     pub fn new(config: Config, env: Env, overrides: Overrides) -> Result<Daemon, Error> {
-        let rt = runtime_for(&config, &env)?;
+        let clock = match Clock::from_env(&env)? {
+            Clock::Fixed(_) => {
+                log::warn!(
+                    "serve ignores PARACHUTE_RUNNER_NOW (a clock that never moves cannot schedule)"
+                );
+                Clock::System
+            }
+            other => other,
+        };
+        let rt = runtime_for(&config, &env, clock)?;
         let auth = Auth::new(crate::auth::hub_origin(env.get("PARACHUTE_HUB_ORIGIN")));
         Ok(Daemon {
             env,
@@ -149,6 +159,7 @@ impl Daemon {
             auth,
             started: Instant::now(),
             stopping: AtomicBool::new(false),
+            clock,
         })
     }
 
@@ -229,14 +240,16 @@ impl Daemon {
             if self.stopping() {
                 return;
             }
-            let now = Timestamp::now();
+            let now = self.clock.now();
             let until_poll = s.next_poll.saturating_duration_since(Instant::now());
             let until_slot = s
                 .table
                 .values()
                 .filter_map(|e| e.next)
                 .min()
-                .map_or(Duration::MAX, |t| state::until(now, t));
+                .map_or(Duration::MAX, |t| {
+                    self.clock.real_duration(state::until(now, t))
+                });
             // Capped, so a clock step (NTP, suspend) is noticed within a
             // minute.
             let wait = until_poll.min(until_slot).min(Duration::from_secs(60));
@@ -269,7 +282,7 @@ impl Daemon {
         if let Err(e) = run::settle_and_deliver(&rt) {
             log::error!("{e}");
         }
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let notes = match rt.vault.list_jobs() {
             Ok(notes) => notes,
             Err(e) => {
@@ -316,7 +329,7 @@ impl Daemon {
     /// Fires the jobs whose slot has come, re-reading their notes first so
     /// edits made since the poll count.
     fn fire_due(self: &Arc<Self>) {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let (rt, due) = {
             let mut s = self.shared();
             s.last_tick = Some(now);
@@ -365,7 +378,7 @@ impl Daemon {
                 }
             }
         }
-        self.evaluate(&rt, jobs, Timestamp::now().max(now), false);
+        self.evaluate(&rt, jobs, self.clock.now().max(now), false);
     }
 
     /// Decides `jobs` at `now` under the state lock, claims the due ones and
@@ -598,7 +611,7 @@ impl Daemon {
             .map_err(|e| RunNowError::Upstream(e.to_string()))?
             .ok_or(RunNowError::NotFound)?;
         let job = Job::from_note(&note, &zone).map_err(|e| RunNowError::Invalid(e.to_string()))?;
-        let (info, prompt) = run::prepare(&job, Trigger::Http, None, Timestamp::now(), None);
+        let (info, prompt) = run::prepare(&job, Trigger::Http, None, self.clock.now(), None);
         let mut locked = rt
             .store
             .lock()
@@ -672,8 +685,8 @@ impl Daemon {
             .map_err(|e| vec![(String::new(), e.to_string())])?;
         let config = config::load(&self.env, &self.overrides)
             .map_err(|e| vec![(String::new(), e.to_string())])?;
-        let rt =
-            runtime_for(&config, &self.env).map_err(|e| vec![(String::new(), e.to_string())])?;
+        let rt = runtime_for(&config, &self.env, self.clock)
+            .map_err(|e| vec![(String::new(), e.to_string())])?;
         let deferred: Vec<String> = patch
             .keys()
             .filter(|k| env_var_for(k).is_some_and(|var| self.env.get(var).is_some()))
@@ -762,10 +775,10 @@ fn env_var_for(key: &str) -> Option<&'static str> {
 }
 
 /// The runtime for a config; `None` when a REST vault has no token.
-fn runtime_for(config: &Config, env: &Env) -> Result<Option<Runtime>, Error> {
+fn runtime_for(config: &Config, env: &Env, clock: Clock) -> Result<Option<Runtime>, Error> {
     let timeouts = once::http_timeouts(env)?;
     match vault::open(config, timeouts) {
-        Ok(vault) => Ok(Some(Runtime::new(config, vault, env, Clock::System))),
+        Ok(vault) => Ok(Some(Runtime::new(config, vault, env, clock))),
         Err(e) => {
             log::warn!("{e}");
             Ok(None)

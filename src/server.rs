@@ -283,8 +283,13 @@ fn jobs(daemon: &Daemon) -> Answer {
     Answer::json(200, json!({ "jobs": list }))
 }
 
+/// The name of the route for a path, if any (for fuzzing and logs).
+pub fn route_name(path: &str) -> Option<String> {
+    find_route(path).map(|(r, _)| format!("{r:?}"))
+}
+
 /// `key=value` pairs of a query string, percent-decoded.
-fn query_param(query: &str, key: &str) -> Option<String> {
+pub fn query_param(query: &str, key: &str) -> Option<String> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))

@@ -101,20 +101,13 @@ impl RestVault {
             let Some(page) = self.get_json(&what, &url, false)? else {
                 break;
             };
-            let Value::Array(items) = page else {
-                return Err(VaultError::Malformed {
-                    what,
-                    detail: "expected a JSON array of notes".to_string(),
-                });
-            };
-            let count = items.len();
+            let notes = parse_page(page).map_err(|detail| VaultError::Malformed {
+                what: what.clone(),
+                detail,
+            })?;
+            let count = notes.len();
             let mut new = 0;
-            for item in items {
-                let note: Note =
-                    serde_json::from_value(item).map_err(|e| VaultError::Malformed {
-                        what: what.clone(),
-                        detail: format!("a note is not of the expected shape: {e}"),
-                    })?;
+            for note in notes {
                 if seen.insert(note.id.clone()) {
                     new += 1;
                     each(note);
@@ -224,6 +217,20 @@ impl Vault for RestVault {
     fn describe(&self) -> String {
         format!("{}/vault/{}", self.vault_url, self.name)
     }
+}
+
+/// One page of `GET /notes`: a JSON array of notes.
+pub fn parse_page(page: Value) -> Result<Vec<Note>, String> {
+    let Value::Array(items) = page else {
+        return Err("expected a JSON array of notes".to_string());
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            serde_json::from_value(item)
+                .map_err(|e| format!("a note is not of the expected shape: {e}"))
+        })
+        .collect()
 }
 
 /// The MCP config of SPEC §6.1, keys in the contract's order.

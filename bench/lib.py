@@ -1,0 +1,570 @@
+#!/usr/bin/env python3
+"""Helpers of bench/run (python3 standard library only).
+
+bench/run starts the processes (fake vault, runner, baselines) and drives
+hyperfine and wrk; this file does what is awkward in bash: a timing loop
+for when hyperfine is missing, peak RSS of a command, /proc sampling of a
+running `serve`, a reference ticker for the fire-latency baseline, and
+turning the raw files of each scenario into rows of the results table.
+
+Subcommands (all paths absolute or relative to the current directory):
+
+  timeit --runs N --warmup W [--prepare CMD] --export-json FILE (--name N CMD)...
+      hyperfine's fallback: same JSON shape ({"results":[{command,times}]}).
+  rss --runs N [--prepare CMD] --out FILE CMD
+      peak RSS (KiB) of each run, measured by /usr/bin/time.
+  pages URL N          print the list URLs `once` fetches for N job notes.
+  free-port            print a free TCP port on 127.0.0.1.
+  wait-healthz PORT JOBS TIMEOUT
+      wait until serve's /healthz answers with scheduledJobs == JOBS.
+  proc-snap PID OUT    CPU time, memory and context switches of a process.
+  sample-rss PID SECONDS OUT
+      VmRSS once a second for SECONDS seconds.
+  ticks FIRST_SLOT N OUT
+      reference scheduler: sleep to each whole second FIRST_SLOT.. and note
+      how late it woke up.
+  report SCENARIO SDIR DIR
+      read the raw files in SDIR, append rows to DIR/results.jsonl.
+  table DIR            print DIR/results.jsonl as a Markdown table.
+"""
+
+import json
+import os
+import re
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime
+
+PAGE = 500  # src/vault/rest.rs: PAGE
+RSS_BUDGET_KIB = 16 * 1024
+
+
+# --------------------------------------------------------------------------
+# Measuring
+
+
+def run_quiet(argv):
+    """Runs argv with stdout/stderr discarded; returns (seconds, status, maxrss KiB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return elapsed, proc.returncode, usage.ru_maxrss
+
+
+def prepare(cmd):
+    if cmd:
+        subprocess.run(shlex.split(cmd), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def cmd_timeit(args):
+    runs, warmup, prep, out, commands = 10, 0, None, None, []
+    name = None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--runs":
+            runs = int(args[i + 1]); i += 2
+        elif a == "--warmup":
+            warmup = int(args[i + 1]); i += 2
+        elif a == "--prepare":
+            prep = args[i + 1]; i += 2
+        elif a == "--export-json":
+            out = args[i + 1]; i += 2
+        elif a == "--name":
+            name = args[i + 1]; i += 2
+        else:
+            commands.append((name or a, a)); name = None; i += 1
+    results = []
+    for cname, cmd in commands:
+        argv = shlex.split(cmd)
+        for _ in range(warmup):
+            prepare(prep)
+            run_quiet(argv)
+        times, codes = [], []
+        for _ in range(runs):
+            prepare(prep)
+            t, code, _ = run_quiet(argv)
+            if code != 0:
+                sys.exit(f"timeit: {cname!r} exited with {code}")
+            times.append(t)
+            codes.append(code)
+        results.append({"command": cname, "times": times, "exit_codes": codes,
+                        "median": statistics.median(times)})
+        print(f"  {cname}: median {statistics.median(times) * 1000:.1f} ms "
+              f"over {runs} runs", file=sys.stderr)
+    with open(out, "w") as f:
+        json.dump({"results": results, "tool": "bench/lib.py timeit"}, f)
+
+
+TIME = "/usr/bin/time"
+
+
+def cmd_rss(args):
+    """Peak RSS through /usr/bin/time: a child's ru_maxrss also counts the
+    memory of the process it was forked from up to its exec, so measured from
+    here (python, ~14 MiB) every command would weigh at least that much;
+    GNU time is small (under 1 MiB, see the floor it reports for /bin/true)."""
+    runs, prep, out = 5, None, None
+    while args and args[0].startswith("--"):
+        flag, value, args = args[0], args[1], args[2:]
+        if flag == "--runs":
+            runs = int(value)
+        elif flag == "--prepare":
+            prep = value
+        elif flag == "--out":
+            out = value
+    if not os.access(TIME, os.X_OK):
+        print("rss: /usr/bin/time not found: apt-get install -y time (peak RSS not measured)",
+              file=sys.stderr)
+        with open(out, "w") as f:
+            json.dump({"max_rss_kib": None}, f)
+        return
+    argv = shlex.split(args[0])
+    kib_runs = []
+    tmp = out + ".time"
+    for _ in range(runs):
+        prepare(prep)
+        _, code, _ = run_quiet([TIME, "-f", "%M", "-o", tmp] + argv)
+        if code != 0:
+            sys.exit(f"rss: {args[0]!r} exited with {code}")
+        with open(tmp) as f:
+            kib_runs.append(int(f.read().split()[-1]))
+    os.unlink(tmp)
+    _, _, floor = run_quiet([TIME, "-f", "%M", "-o", tmp, "/bin/true"])
+    with open(tmp) as f:
+        floor = int(f.read().split()[-1])
+    os.unlink(tmp)
+    with open(out, "w") as f:
+        json.dump({"max_rss_kib": kib_runs, "floor_kib": floor}, f)
+
+
+def cmd_pages(url, n):
+    # `once` asks for pages of PAGE until one comes back short, so N notes
+    # take N // PAGE + 1 requests (the last one short or empty).
+    for offset in range(0, (int(n) // PAGE + 1) * PAGE, PAGE):
+        print(f"{url}/vault/default/api/notes?tag=job&include_content=true"
+              f"&limit={PAGE}&offset={offset}")
+
+
+def cmd_free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
+    s.close()
+
+
+def cmd_wait_healthz(port, jobs, timeout):
+    deadline = time.time() + float(timeout)
+    last = None
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                last = json.load(r)
+                if last.get("scheduledJobs") == int(jobs):
+                    print(json.dumps(last))
+                    return
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.1)
+    sys.exit(f"serve on port {port} not ready with {jobs} jobs after {timeout}s: {last}")
+
+
+def read_status(path):
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out[key] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def kib(value):
+    return int(value.split()[0]) if value else None
+
+
+def proc_snap(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rfind(")") + 2:].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    # fields[0] is field 3 (state): utime is field 14, stime field 15.
+    utime, stime = int(fields[11]) / tick, int(fields[12]) / tick
+    status = read_status(f"/proc/{pid}/status")
+    tasks = {}
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        st = read_status(f"/proc/{pid}/task/{tid}/status")
+        if not st:
+            continue
+        tasks[tid] = {
+            "name": st.get("Name", "?"),
+            "voluntary": int(st.get("voluntary_ctxt_switches", 0)),
+            "nonvoluntary": int(st.get("nonvoluntary_ctxt_switches", 0)),
+        }
+    return {
+        "time": time.time(),
+        "cpu_s": utime + stime,
+        "utime_s": utime,
+        "stime_s": stime,
+        "rss_kib": kib(status.get("VmRSS")),
+        "hwm_kib": kib(status.get("VmHWM")),
+        "threads": int(status.get("Threads", 0)),
+        "tasks": tasks,
+    }
+
+
+def cmd_proc_snap(pid, out):
+    with open(out, "w") as f:
+        json.dump(proc_snap(pid), f)
+
+
+def cmd_sample_rss(pid, seconds, out):
+    samples = []
+    end = time.time() + float(seconds)
+    while True:
+        st = read_status(f"/proc/{pid}/status")
+        if st.get("VmRSS"):
+            samples.append(kib(st["VmRSS"]))
+        left = end - time.time()
+        if left <= 0:
+            break
+        time.sleep(min(1.0, left))
+    with open(out, "w") as f:
+        json.dump({"rss_kib": samples}, f)
+
+
+def cmd_ticks(first_slot, n, out):
+    """The floor for fire latency: a process that only sleeps to each slot."""
+    late_ms = []
+    for k in range(int(n)):
+        slot = int(first_slot) + k
+        left = slot - time.time()
+        if left > 0:
+            time.sleep(left)
+        late_ms.append((time.time() - slot) * 1000)
+    with open(out, "w") as f:
+        json.dump({"late_ms": late_ms}, f)
+
+
+# --------------------------------------------------------------------------
+# Reports
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def hf_times(paths, command):
+    """Times (seconds) of `command` merged over hyperfine JSON files (rounds)."""
+    times = []
+    for p in paths:
+        for r in load(p)["results"]:
+            if r["command"] == command:
+                times.extend(r["times"])
+    if not times:
+        raise SystemExit(f"no times for {command!r} in {paths}")
+    return times
+
+
+def rounds(d, prefix):
+    return sorted(os.path.join(d, f) for f in os.listdir(d)
+                  if f.startswith(prefix) and f.endswith(".json"))
+
+
+def ms(x):
+    return f"{x * 1000:.1f} ms"
+
+
+def mib(k):
+    return f"{k / 1024:.1f} MiB"
+
+
+def verdict(ok):
+    return "PASS" if ok else "FAIL"
+
+
+class Rows:
+    def __init__(self, d):
+        self.path = os.path.join(d, "results.jsonl")
+
+    def add(self, scenario, metric, median, lo="–", hi="–", baseline="–",
+            ratio="–", target="–", result="info", note=""):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({
+                "scenario": scenario, "metric": metric, "median": median,
+                "min": lo, "max": hi, "baseline": baseline, "ratio": ratio,
+                "target": target, "result": result, "note": note}) + "\n")
+
+
+def triple(times, fmt=ms):
+    return fmt(statistics.median(times)), fmt(min(times)), fmt(max(times))
+
+
+def report_wall_vs(rows, d, scenario, metric, runner, base, base_label, limit):
+    rt = hf_times(rounds(d, "round"), runner)
+    bt = hf_times(rounds(d, "round"), base)
+    ratio = statistics.median(rt) / statistics.median(bt)
+    med, lo, hi = triple(rt)
+    rows.add(scenario, metric, med, lo, hi,
+             f"{ms(statistics.median(bt))} ({base_label})", f"{ratio:.2f}×",
+             f"≤ {limit}×", verdict(ratio <= limit),
+             f"{len(rt)} runs each, baseline min {ms(min(bt))} max {ms(max(bt))}")
+    return rt, bt
+
+
+def report_rss(rows, d, scenario, name, base_name, base_label, budget=True, extra=""):
+    r = load(os.path.join(d, f"rss-{name}.json"))["max_rss_kib"]
+    b = load(os.path.join(d, f"rss-{base_name}.json"))["max_rss_kib"]
+    if r is None or b is None:
+        rows.add(scenario, "peak RSS", "n/a", result="skipped",
+                 note="apt-get install -y time (GNU time measures peak RSS)")
+        return
+    worst = max(r)
+    rows.add(scenario, "peak RSS", mib(statistics.median(r)), mib(min(r)), mib(worst),
+             f"{mib(statistics.median(b))} ({base_label})",
+             f"{statistics.median(r) / statistics.median(b):.2f}×",
+             "≤ 16 MiB (max)" if budget else "–",
+             verdict(worst <= RSS_BUDGET_KIB) if budget else "info",
+             f"max RSS of {len(r)} runs by /usr/bin/time (floor: /bin/true shows "
+             f"{mib(load(os.path.join(d, f'rss-{name}.json'))['floor_kib'])})" + extra)
+
+
+def report1(d, rows):
+    report_wall_vs(rows, d, "1 once, 1k jobs, none due", "wall", "runner", "curl",
+                   "curl, same pages", 1.5)
+    hwm = os.path.join(d, "vmhwm.txt")
+    log = open(hwm).read().strip().split("DEBUG ")[-1] if os.path.exists(hwm) else ""
+    report_rss(rows, d, "1 once, 1k jobs, none due", "runner", "curl", "curl",
+               extra=f"; the runner's own log says {log!r}" if log else "")
+
+
+def report2(d, rows):
+    s = "2 once, 10k jobs, none due"
+    paths = rounds(d, "round")
+    r1, r10 = hf_times(paths, "runner-1k"), hf_times(paths, "runner-10k")
+    c1, c10 = hf_times(paths, "curl-1k"), hf_times(paths, "curl-10k")
+    med, lo, hi = triple(r10)
+    rows.add(s, "wall 10k", med, lo, hi, f"{ms(statistics.median(c10))} (curl)",
+             f"{statistics.median(r10) / statistics.median(c10):.2f}×", "–", "info",
+             f"{len(r10)} runs each")
+    growth = statistics.median(r10) / statistics.median(r1)
+    cgrowth = statistics.median(c10) / statistics.median(c1)
+    # Marginal cost per 1k jobs beyond the first thousand, next to the cost of
+    # the first thousand (which includes process start): linear means the
+    # marginal cost is no more than the average.
+    marginal = (statistics.median(r10) - statistics.median(r1)) / 9
+    rows.add(s, "growth 10k/1k", f"{growth:.2f}×", "–", "–", f"{cgrowth:.2f}× (curl)",
+             "–", "≤ 10× (linear)", verdict(growth <= 10),
+             f"1k median {ms(statistics.median(r1))}; each further 1k jobs "
+             f"{ms(marginal)}; curl 1k {ms(statistics.median(c1))}")
+    r = load(os.path.join(d, "rss-runner-10k.json"))["max_rss_kib"]
+    r1k = load(os.path.join(d, "rss-runner-1k.json"))["max_rss_kib"]
+    b = load(os.path.join(d, "rss-curl-10k.json"))["max_rss_kib"]
+    if r is None or r1k is None or b is None:
+        rows.add(s, "peak RSS 10k", "n/a", result="skipped", note="apt-get install -y time")
+        return
+    rows.add(s, "peak RSS 10k", mib(statistics.median(r)), mib(min(r)), mib(max(r)),
+             f"{mib(statistics.median(b))} (curl)",
+             f"{statistics.median(r) / statistics.median(b):.2f}×", "–", "info",
+             f"1k: {mib(statistics.median(r1k))}; growth "
+             f"{statistics.median(r) / statistics.median(r1k):.2f}×")
+
+
+def report3(d, rows):
+    s = "3 once, 200 due, 4 at a time"
+    report_wall_vs(rows, d, s, "wall", "runner", "xargs", "xargs -P 4", 1.5)
+    report_rss(rows, d, s, "runner", "xargs", "xargs", budget=False)
+
+
+def ctxt_delta(a, b):
+    """Context switches per task between two snapshots (tasks in b)."""
+    per = {}
+    for tid, t in b["tasks"].items():
+        t0 = a["tasks"].get(tid, {"voluntary": 0, "nonvoluntary": 0})
+        per[tid] = (t["name"], t["voluntary"] - t0["voluntary"],
+                    t["nonvoluntary"] - t0["nonvoluntary"])
+    return per
+
+
+def report4(d, rows):
+    s = "4 serve, 1k jobs, idle"
+    a, b = load(os.path.join(d, "snap-start.json")), load(os.path.join(d, "snap-end.json"))
+    secs = b["time"] - a["time"]
+    cpu = b["cpu_s"] - a["cpu_s"]
+    rows.add(s, f"CPU time in {secs:.0f} s", f"{cpu:.2f} s", "–", "–", "–", "–",
+             "≤ 0.1 s", verdict(cpu <= 0.1),
+             f"utime {b['utime_s'] - a['utime_s']:.2f} s, stime {b['stime_s'] - a['stime_s']:.2f} s "
+             f"(/proc/PID/stat, {1 / os.sysconf('SC_CLK_TCK') * 1000:.0f} ms ticks)")
+    rss = load(os.path.join(d, "rss.json"))["rss_kib"]
+    rows.add(s, "RSS (1 s samples)", mib(statistics.median(rss)), mib(min(rss)), mib(max(rss)),
+             "–", "–", "≤ 16 MiB", verdict(max(rss) <= RSS_BUDGET_KIB and b["hwm_kib"] <= RSS_BUDGET_KIB),
+             f"VmHWM {mib(b['hwm_kib'])} (includes start-up and the first poll)")
+    per = ctxt_delta(a, b)
+    total = sum(v + n for _, v, n in per.values())
+    busy = {f"{name}[{tid}]": v + n for tid, (name, v, n) in per.items() if v + n}
+    rows.add(s, f"wake-ups in {secs:.0f} s", str(total), "–", "–", "–", "–",
+             f"≤ {secs:.0f} (< 1/s)", verdict(total <= secs),
+             f"ctxt switches summed over {b['threads']} threads (start {a['threads']}): "
+             + (", ".join(f"{k} {v}" for k, v in busy.items()) or "none"))
+
+
+def parse_ts(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def report5(d, rows):
+    s = "5 serve, fire latency"
+    meta = load(os.path.join(d, "window.json"))
+    first, n = meta["first_slot"], meta["slots"]
+    wanted = set(range(first, first + n))
+    notes = load(os.path.join(d, "runs.json"))
+    runner = {}
+    failed = 0
+    for note in notes:
+        m = note.get("metadata") or {}
+        if "run_scheduled_for" not in m:
+            continue
+        slot = round(parse_ts(m["run_scheduled_for"]))
+        if slot in wanted:
+            runner[slot] = (parse_ts(m["run_started_at"]) - slot) * 1000
+            if "job-run-failed" in note.get("tags", []):
+                failed += 1
+    agent = {}
+    with open(os.path.join(d, "stamps.txt")) as f:
+        for line in f:
+            stamp, _, prompt = line.strip().partition(" ")
+            m = re.search(r"\d{4}-\d\d-\d\dT[0-9:.]+(Z|[+-]\d\d:\d\d)", prompt)
+            if m:
+                slot = round(parse_ts(m.group(0)))
+                if slot in wanted:
+                    agent[slot] = (float(stamp) - slot) * 1000
+    ticks = load(os.path.join(d, "ticks.json"))["late_ms"]
+    fired = len(runner)
+    lat = list(runner.values()) or [float("inf")]
+    tick_p50 = statistics.median(ticks)
+    p50 = statistics.median(lat)
+    note = (f"{fired}/{n} slots fired, {failed} failed; run_started_at − run_scheduled_for "
+            f"(ms precision)")
+    rows.add(s, "p50 (runner stamp)", f"{p50:.1f} ms", f"{min(lat):.1f} ms", f"{max(lat):.1f} ms",
+             f"{tick_p50:.2f} ms (sleeper)", f"{p50 / tick_p50:.1f}×" if tick_p50 > 0 else "–",
+             "≤ 10 ms", verdict(p50 <= 10 and fired == n and failed == 0), note)
+    rows.add(s, "max (runner stamp)", f"{max(lat):.1f} ms", "–", "–",
+             f"{max(ticks):.2f} ms (sleeper)", "–", "≤ 100 ms",
+             verdict(max(lat) <= 100 and fired == n and failed == 0),
+             f"p90 {sorted(lat)[int(0.9 * (len(lat) - 1))]:.1f} ms")
+    al = list(agent.values()) or [float("nan")]
+    rows.add(s, "agent started (info)", f"{statistics.median(al):.1f} ms", f"{min(al):.1f} ms",
+             f"{max(al):.1f} ms", "–", "–", "–", "info",
+             f"{len(agent)}/{n} stamps; the agent's own clock at its start, "
+             f"includes spawn, sh start and one exec of date")
+
+
+def parse_wrk(path):
+    text = open(path).read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    scale = {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    p99 = float(m.group(1)) * scale
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    errors = []
+    for pat in (r"Socket errors: [^\n]+", r"Non-2xx or 3xx responses: \d+"):
+        e = re.search(pat, text)
+        if e:
+            errors.append(e.group(0))
+    return {"rps": rps, "p99_ms": p99, "requests": total, "errors": errors}
+
+
+def report6(d, rows):
+    s = "6 serve /healthz, wrk 16 conns"
+    runs = [parse_wrk(p) for p in sorted(rounds_txt(d, "wrk-runner"))]
+    base = [parse_wrk(p) for p in sorted(rounds_txt(d, "wrk-vault"))]
+    rps = [r["rps"] for r in runs]
+    brps = statistics.median(r["rps"] for r in base)
+    errs = "; ".join(e for r in runs for e in r["errors"]) or "no errors"
+    rows.add(s, "requests/s", f"{statistics.median(rps):.0f}", f"{min(rps):.0f}", f"{max(rps):.0f}",
+             f"{brps:.0f} (fake vault /health)", f"{statistics.median(rps) / brps:.2f}×",
+             "report", "info", f"{len(runs)} rounds of {load(os.path.join(d, 'meta.json'))['duration']}; {errs}")
+    p99 = [r["p99_ms"] for r in runs]
+    bp99 = statistics.median(r["p99_ms"] for r in base)
+    rows.add(s, "p99 latency", f"{statistics.median(p99):.2f} ms", f"{min(p99):.2f} ms",
+             f"{max(p99):.2f} ms", f"{bp99:.2f} ms (fake vault)",
+             f"{statistics.median(p99) / bp99:.2f}×", "report", "info")
+    snaps = [load(p) for p in sorted(rounds(d, "snap-"))]
+    rss = [s_["rss_kib"] for s_ in snaps]
+    growth = rss[-1] - rss[1]
+    rows.add(s, "RSS before/after rounds", mib(rss[-1]), mib(min(rss)), mib(max(rss)),
+             "–", "–", "no growth after round 1 (≤ 1 MiB)", verdict(growth <= 1024),
+             "VmRSS " + " → ".join(mib(x) for x in rss)
+             + f"; VmHWM {mib(snaps[-1]['hwm_kib'])}; threads {snaps[-1]['threads']}")
+
+
+def rounds_txt(d, prefix):
+    return [os.path.join(d, f) for f in os.listdir(d) if f.startswith(prefix) and f.endswith(".txt")]
+
+
+REPORTS = {"1": report1, "2": report2, "3": report3, "4": report4, "5": report5, "6": report6}
+
+
+def cmd_table(d):
+    path = os.path.join(d, "results.jsonl")
+    rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+    cols = ["scenario", "metric", "median", "min", "max", "baseline", "ratio", "target", "result"]
+    head = ["scenario", "metric", "median", "min", "max", "baseline median", "ratio",
+            "target", "result"]
+    table = [head] + [[str(r[c]) for c in cols] for r in rows]
+    width = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    def line(row):
+        return "| " + " | ".join(v.ljust(width[i]) for i, v in enumerate(row)) + " |"
+    print(line(table[0]))
+    print("|" + "|".join("-" * (w + 2) for w in width) + "|")
+    for row in table[1:]:
+        print(line(row))
+    notes = [(r["scenario"].split()[0], r["metric"], r["note"]) for r in rows if r.get("note")]
+    if notes:
+        print()
+        for s, m, n in notes:
+            print(f"- {s} {m}: {n}")
+
+
+def main(argv):
+    if not argv:
+        sys.exit(__doc__)
+    cmd, args = argv[0], argv[1:]
+    if cmd == "timeit":
+        cmd_timeit(args)
+    elif cmd == "rss":
+        cmd_rss(args)
+    elif cmd == "pages":
+        cmd_pages(*args)
+    elif cmd == "free-port":
+        cmd_free_port()
+    elif cmd == "wait-healthz":
+        cmd_wait_healthz(*args)
+    elif cmd == "proc-snap":
+        cmd_proc_snap(*args)
+    elif cmd == "sample-rss":
+        cmd_sample_rss(*args)
+    elif cmd == "ticks":
+        cmd_ticks(*args)
+    elif cmd == "report":
+        REPORTS[args[0]](args[1], Rows(args[2]))
+    elif cmd == "table":
+        cmd_table(args[0])
+    else:
+        sys.exit(f"unknown subcommand {cmd!r}\n{__doc__}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
