@@ -17,8 +17,11 @@ use crate::template::{self, Vars};
 use crate::vault::{self, NewNote, Note};
 use crate::{auth, secrets, server};
 
+/// A target: arbitrary bytes in, no panic out.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (as in `fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: [(&str, fn(&[u8])); 8] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("job_note", job_note),
     ("template", template),
     ("cron", cron),
