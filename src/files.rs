@@ -97,6 +97,30 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
+/// Removes the temp files (`.<name>.tmp-<random>`) a crashed writer left
+/// in `dir`, if older than `age` (a live writer's are seconds old).
+pub fn sweep_temps(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with('.') && name.contains(".tmp-")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed >= age);
+        if old {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Reads a file, `Ok(None)` if it does not exist.
 pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
     match fs::read(path) {

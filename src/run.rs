@@ -534,6 +534,13 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
         settled.push(running.run_id);
     }
     remove_stale_run_files(&rt.tmp_dir(), &running_ids(locked));
+    // Half-written files of crashed writers. Under the state lock no one is
+    // writing state.json; elsewhere only old ones are taken.
+    files::sweep_temps(rt.store.dir(), Duration::from_secs(600));
+    files::sweep_temps(
+        &rt.store.dir().join(crate::output::OUTBOX_DIR),
+        Duration::from_secs(600),
+    );
     settled
 }
 
@@ -541,6 +548,22 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
 /// process group is still that agent's (same boot, same start time: a
 /// reused pid is left alone).
 fn stop_orphans(tmp: &Path, job_path: &str, run_id: &str) {
+    // The agent itself is found by its argv, which holds this run's own MCP
+    // config path: that covers a runner killed before it could record the
+    // agent's group.
+    let mcp = tmp
+        .join(format!("{run_id}{MCP_SUFFIX}"))
+        .display()
+        .to_string();
+    for (pid, pgid) in sys::processes_with_arg(&mcp) {
+        if pgid > 1 && pgid != std::process::id() {
+            log::warn!(
+                "{job_path}: stopping the agent {pid} of run {run_id}, left running by a runner that died"
+            );
+            let _ = sys::kill_group(pgid, sys::SIGKILL);
+        }
+    }
+    // What it left in its group after it exited, from the record.
     let file = tmp.join(format!("{run_id}{AGENT_SUFFIX}"));
     let Ok(bytes) = fs::read(&file) else { return };
     let _ = fs::remove_file(&file);

@@ -104,3 +104,18 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
         .filter(|pid| proc_stat(*pid).is_some_and(|(g, _)| g == pgid))
         .collect()
 }
+
+/// Live processes with `arg` among their argv, with their process groups.
+pub fn processes_with_arg(arg: &str) -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .filter_map(|pid| proc_stat(pid).map(|(pgid, _)| (pid, pgid)))
+        .collect()
+}

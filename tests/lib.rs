@@ -10,6 +10,7 @@ mod cli;
 mod cron;
 mod dir_vault;
 mod fake_vault_selftest;
+mod faults;
 mod fuzz;
 mod once;
 mod secrets;

@@ -173,11 +173,17 @@ impl Vault for RestVault {
                     path: Option<String>,
                 }
                 let reader = response.body_mut().with_config().limit(MAX_BODY).reader();
-                let path = serde_json::from_reader::<_, Answer>(reader)
-                    .ok()
-                    .and_then(|a| a.path)
-                    .unwrap_or_else(|| note.path.clone());
-                Ok(Created::At(path))
+                match serde_json::from_reader::<_, Answer>(reader) {
+                    Ok(answer) => Ok(Created::At(
+                        answer.path.unwrap_or_else(|| note.path.clone()),
+                    )),
+                    // Stored or not, we cannot tell: try again. A retry of a
+                    // stored note meets 409 and finds its own run id there.
+                    Err(e) => Err(VaultError::Unreachable {
+                        what,
+                        detail: format!("the answer to the write was unreadable ({e})"),
+                    }),
+                }
             }
             409 => Ok(Created::Conflict),
             _ => {
