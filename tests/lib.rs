@@ -7,6 +7,7 @@
 mod support;
 
 mod cli;
+mod concurrency;
 mod cron;
 mod dir_vault;
 mod fake_vault_selftest;
