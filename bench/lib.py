@@ -384,7 +384,16 @@ def report2(d, rows):
 
 def report3(d, rows):
     s = "3 once, 200 due, 4 at a time"
-    report_wall_vs(rows, d, s, "wall", "runner", "xargs", "xargs -P 4", 1.5)
+    _, bt = report_wall_vs(rows, d, s, "wall", "runner", "xargs", "xargs -P 4", 1.5)
+    tmpfs = rounds(d, "tmpfs")
+    if tmpfs:
+        tt = hf_times(tmpfs, "runner-tmpfs")
+        med, lo, hi = triple(tt)
+        rows.add(s, "wall, state on tmpfs (diagnostic)", med, lo, hi,
+                 f"{ms(statistics.median(bt))} (xargs -P 4)",
+                 f"{statistics.median(tt) / statistics.median(bt):.2f}×", "–", "info",
+                 "PARACHUTE_HOME on /dev/shm, where fsync is free: the gap to the "
+                 "row above is what the runner's fsyncs cost on this disk")
     report_rss(rows, d, s, "runner", "xargs", "xargs", budget=False)
 
 

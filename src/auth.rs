@@ -7,7 +7,7 @@
 //! is touched: no `none`, no HMAC, so a public key can never be misused as
 //! a shared secret.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -110,6 +110,8 @@ pub struct Claims {
     pub jti: String,
     pub scopes: Vec<String>,
     pub sub: Option<String>,
+    /// `exp`, in whole seconds (rounded down).
+    pub exp: i64,
 }
 
 /// Why a signature check failed, so the caller knows whether fresh keys
@@ -194,11 +196,11 @@ pub fn verify(token: &str, keys: &[Key], issuer: &str, now: Timestamp) -> Result
     if !audience_ok {
         return Err(bad("token audience mismatch"));
     }
-    match claims.get("exp").and_then(Value::as_f64) {
-        Some(exp) if exp > now.as_second() as f64 => {}
+    let exp = match claims.get("exp").and_then(Value::as_f64) {
+        Some(exp) if exp > now.as_second() as f64 => exp.floor() as i64,
         Some(_) => return Err(bad("token expired")),
         None => return Err(bad("token has no expiry")),
-    }
+    };
     let jti = match claims.get("jti").and_then(Value::as_str) {
         Some(j) if !j.is_empty() => j.to_string(),
         _ => return Err(bad("token has no jti")),
@@ -212,6 +214,7 @@ pub fn verify(token: &str, keys: &[Key], issuer: &str, now: Timestamp) -> Result
         jti,
         scopes,
         sub: claims.get("sub").and_then(Value::as_str).map(String::from),
+        exp,
     })
 }
 
@@ -252,12 +255,18 @@ struct RevocationCache {
     fetched: Option<Instant>,
 }
 
+/// Tokens whose signature and claims checked out, by SHA-256, so a busy
+/// client does not cost an RSA verification per request. Emptied when the
+/// keys change; expiry, revocation and scope are checked on every use.
+const VERIFIED_CAP: usize = 1024;
+
 /// Token checking with the hub's keys and revocation list, cached.
 pub struct Auth {
     origin: String,
     agent: ureq::Agent,
     keys: Mutex<KeyCache>,
     revoked: Mutex<RevocationCache>,
+    verified: Mutex<HashMap<[u8; 32], Claims>>,
 }
 
 impl Auth {
@@ -280,6 +289,7 @@ impl Auth {
                 jtis: None,
                 fetched: None,
             }),
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -307,7 +317,7 @@ impl Auth {
             },
         };
         let claims = self
-            .verify_with_reload(token, now)
+            .verified(token, now)
             .map_err(|f| unauthorized(f.message()))?;
         match self.revoked_jtis() {
             None => return Err(unauthorized("revocation list unavailable")),
@@ -318,6 +328,32 @@ impl Auth {
             }
         }
         check_scope(&claims, need)?;
+        Ok(claims)
+    }
+
+    /// The claims of a token, from the cache of verified tokens or checked
+    /// now.
+    fn verified(&self, token: &str, now: Timestamp) -> Result<Claims, Failure> {
+        use sha2::Digest;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&digest).cloned())
+        {
+            if claims.exp > now.as_second() {
+                return Ok(claims);
+            }
+            return Err(Failure::Token("token expired".to_string()));
+        }
+        let claims = self.verify_with_reload(token, now)?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_CAP {
+                cache.clear();
+            }
+            cache.insert(digest, claims.clone());
+        }
         Ok(claims)
     }
 
@@ -350,6 +386,10 @@ impl Auth {
                 Ok(doc) => {
                     cache.keys = parse_jwks(&doc);
                     cache.fetched = Some(Instant::now());
+                    // Tokens verified with the old keys are checked again.
+                    if let Ok(mut verified) = self.verified.lock() {
+                        verified.clear();
+                    }
                 }
                 Err(e) => log::warn!("auth: cannot load the hub's keys: {e}"),
             }
@@ -455,6 +495,7 @@ mod tests {
             jti: "j".into(),
             scopes: s.iter().map(|x| x.to_string()).collect(),
             sub: None,
+            exp: 0,
         };
         assert!(check_scope(&c(&[READ]), Need::Read).is_ok());
         assert!(check_scope(&c(&[ADMIN]), Need::Read).is_ok());

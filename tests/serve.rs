@@ -858,8 +858,13 @@ fn a_failed_poll_keeps_the_table_and_the_outbox_is_delivered_on_a_poll() {
         .text("/metrics")
         .1
         .contains("parachute_runner_last_poll_success 0")));
-    let (_, jobs) = s.get("/runner/jobs", Some(&token));
-    assert_eq!(jobs["jobs"][0]["jobPath"], "jobs/daily/brief");
+    let (status, jobs) = s.get("/runner/jobs", Some(&token));
+    assert_eq!(
+        jobs["jobs"][0]["jobPath"],
+        "jobs/daily/brief",
+        "{status} {jobs}\n{}",
+        s.log()
+    );
     assert!(s.log().contains("poll failed, keeping the current 1 jobs"));
 }
 
