@@ -207,8 +207,14 @@ def proc_snap(pid):
         st = read_status(f"/proc/{pid}/task/{tid}/status")
         if not st:
             continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                wchan = f.read().strip() or "running"
+        except OSError:
+            wchan = "?"
         tasks[tid] = {
             "name": st.get("Name", "?"),
+            "wchan": wchan,
             "voluntary": int(st.get("voluntary_ctxt_switches", 0)),
             "nonvoluntary": int(st.get("nonvoluntary_ctxt_switches", 0)),
         }
@@ -402,7 +408,7 @@ def ctxt_delta(a, b):
     per = {}
     for tid, t in b["tasks"].items():
         t0 = a["tasks"].get(tid, {"voluntary": 0, "nonvoluntary": 0})
-        per[tid] = (t["name"], t["voluntary"] - t0["voluntary"],
+        per[tid] = (f'{t["name"]}/{t.get("wchan", "?")}', t["voluntary"] - t0["voluntary"],
                     t["nonvoluntary"] - t0["nonvoluntary"])
     return per
 
@@ -512,11 +518,13 @@ def report6(d, rows):
              f"{statistics.median(p99) / bp99:.2f}×", "report", "info")
     snaps = [load(p) for p in sorted(rounds(d, "snap-"))]
     rss = [s_["rss_kib"] for s_ in snaps]
+    hwm = snaps[-1]["hwm_kib"]
     growth = rss[-1] - rss[1]
-    rows.add(s, "RSS before/after rounds", mib(rss[-1]), mib(min(rss)), mib(max(rss)),
-             "–", "–", "no growth after round 1 (≤ 1 MiB)", verdict(growth <= 1024),
-             "VmRSS " + " → ".join(mib(x) for x in rss)
-             + f"; VmHWM {mib(snaps[-1]['hwm_kib'])}; threads {snaps[-1]['threads']}")
+    rows.add(s, "VmRSS after each round", mib(rss[-1]), mib(min(rss)), mib(max(rss)),
+             "–", "–", "VmHWM ≤ 16 MiB; round 1 → last ≤ +1 MiB",
+             verdict(growth <= 1024 and hwm <= RSS_BUDGET_KIB),
+             "VmRSS before, then after each round: " + " → ".join(mib(x) for x in rss)
+             + f"; VmHWM {mib(hwm)}; threads {snaps[0]['threads']} → {snaps[-1]['threads']}")
 
 
 def rounds_txt(d, prefix):
