@@ -75,8 +75,11 @@ ENVIRONMENT:
     PARACHUTE_RUNNER_TIMEZONE             default zone for schedules
     PARACHUTE_HUB_ORIGIN                  hub for serve's API tokens
                                           (default http://127.0.0.1:1939)
+    PARACHUTE_RUNNER_HTTP_TIMEOUT         seconds per vault request (default 30)
     PARACHUTE_RUNNER_NOW                  RFC 3339 instant to use as \"now\"
-                                          (for tests and replays)
+                                          (for tests and replays; once only)
+    PARACHUTE_RUNNER_CLOCK                START,ANCHOR,SPEED: simulated time
+                                          (for tests)
     RUST_LOG                              log level (default info); logs go to stderr
     The environment wins over config.json; command-line options win over both.
 

@@ -42,6 +42,29 @@ pub fn write_atomic_with(
     sync_parent(path)
 }
 
+/// Writes a private file that lives only while a run goes on (the MCP
+/// config, the agent record): complete before its name appears, but not
+/// fsynced — after a crash it is worthless anyway and is swept.
+pub fn write_ephemeral(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", random::hex(8)));
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Writes `bytes` at `path` only if nothing is there yet. Returns `false`
 /// (and writes nothing) when the path exists. Readers never see a partial
 /// file: the content is complete before the name appears.

@@ -169,9 +169,7 @@ pub fn jwt(data: &[u8]) {
 
 /// A `GET /notes` answer from the vault.
 pub fn vault_json(data: &[u8]) {
-    if let Ok(page) = serde_json::from_slice::<Value>(data)
-        && let Ok(notes) = vault::rest::parse_page(page)
-    {
+    if let Ok(notes) = vault::rest::parse_page(data) {
         for note in notes {
             let _ = note.is_output();
             let _ = note.created();

@@ -3,7 +3,7 @@
 //! the state lock, run the due ones (at most `max_concurrent_jobs` at a
 //! time), print a line per job and the summary, exit 0, 1 or 2.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
@@ -17,8 +17,7 @@ use crate::config::{self, Config, Env, Overrides};
 use crate::error::Error;
 use crate::job::{Job, JobError};
 use crate::run::{self, Claimed, Clock, Report, Runtime};
-use crate::schedule::Zone;
-use crate::state::{self, Decision, Policy, Trigger};
+use crate::state::{self, Decision, Plan, Policy, Trigger};
 use crate::vault::{self, Note, Timeouts};
 use crate::{EXIT_JOB_FAILED, EXIT_OK, sys};
 
@@ -91,10 +90,6 @@ pub fn run(args: &OnceArgs, env: &Env) -> Result<u8, Error> {
     if args.dry_run {
         return dry_run(args, &config, &rt);
     }
-    let swept = run::settle_and_deliver(&rt).map_err(|e| Error::Fatal(e.to_string()))?;
-    if swept.failed > 0 {
-        log::warn!("outbox: {} output(s) still queued", swept.failed);
-    }
     let json = args.json;
     let lines = match &args.only {
         Some(path) => run_only(&rt, &config, path, json)?,
@@ -103,8 +98,15 @@ pub fn run(args: &OnceArgs, env: &Env) -> Result<u8, Error> {
     finish(&lines, json)
 }
 
+fn report_swept(swept: &crate::output::Swept) {
+    if swept.failed > 0 {
+        log::warn!("outbox: {} output(s) still queued", swept.failed);
+    }
+}
+
 /// `--only`: that one job, now, whatever its schedule.
 fn run_only(rt: &Runtime, config: &Config, path: &str, json: bool) -> Result<Vec<Line>, Error> {
+    report_swept(&run::settle_and_deliver(rt).map_err(|e| Error::Fatal(e.to_string()))?);
     let note = rt
         .vault
         .get_note(path)
@@ -121,12 +123,14 @@ fn run_only(rt: &Runtime, config: &Config, path: &str, json: bool) -> Result<Vec
         .map_err(|e| Error::Fatal(e.to_string()))?;
     locked.commit().map_err(|e| Error::Fatal(e.to_string()))?;
     let Some(claimed) = claimed else {
-        return Ok(vec![skipped(&job.path, "still running".to_string(), json)]);
+        print_line(&format!("skipped: {}: still running", job.path), json);
+        return Ok(vec![skipped(&job.path, "still running".to_string())]);
     };
     Ok(execute_all(rt, vec![claimed], 1, json))
 }
 
-/// Every job, by the due decision.
+/// Every job, by the due decision. One state read serves the settling of
+/// dead runs and the decisions; the outbox is delivered before any run.
 fn run_scheduled(rt: &Runtime, config: &Config, json: bool) -> Result<Vec<Line>, Error> {
     let notes = rt
         .vault
@@ -137,14 +141,10 @@ fn run_scheduled(rt: &Runtime, config: &Config, json: bool) -> Result<Vec<Line>,
         poll_interval_seconds: config.poll_interval_seconds,
         globally_disabled: config.disabled,
     };
-    let (jobs, mut lines) = check_jobs(&notes, &config.timezone);
-    for line in &lines {
-        if let Line::Invalid(e) = line {
-            print_line(&format!("{e}"), json);
-        }
-    }
     let listed: HashSet<&str> = notes.iter().map(Note::path_or_id).collect();
+    let mut lines = Vec::new();
     let mut claimed = Vec::new();
+    let mut zones = HashMap::new();
     {
         let mut locked = rt.store.lock().map_err(|e| Error::Fatal(e.to_string()))?;
         // Entries of jobs that are gone (not while a run of theirs goes on):
@@ -153,52 +153,85 @@ fn run_scheduled(rt: &Runtime, config: &Config, json: bool) -> Result<Vec<Line>,
             .state
             .jobs
             .retain(|path, e| listed.contains(path.as_str()) || e.running.is_some());
-        for job in jobs {
-            let mut entry = locked.state.jobs.remove(&job.path);
-            let decision = state::decide(&job, &mut entry, now, policy);
-            if let Some(entry) = entry {
-                locked.state.jobs.insert(job.path.clone(), entry);
+        run::recover(rt, &mut locked);
+        for note in &notes {
+            let path = note.path_or_id();
+            let hash =
+                state::note_hash(&note.content, note.metadata.as_ref(), &config.timezone.name);
+            let mut entry = locked.state.jobs.remove(path);
+            // An unchanged note is decided from what the last pass kept of
+            // it; only a changed one (or a due one, below) is parsed.
+            let remembered = entry
+                .as_ref()
+                .and_then(|e| Plan::remembered(e, &hash, &mut zones));
+            let (plan, mut parsed) = match remembered {
+                Some(plan) => (plan, None),
+                None => match Job::from_note(note, &config.timezone) {
+                    Ok(job) => (Plan::from(&job), Some(job)),
+                    Err(e) => {
+                        if let Some(entry) = entry {
+                            locked.state.jobs.insert(path.to_string(), entry);
+                        }
+                        lines.push(Line::Invalid(e));
+                        continue;
+                    }
+                },
+            };
+            let decision = state::decide(&plan, &mut entry, now, policy);
+            if let Some(mut entry) = entry {
+                entry.note = Some(plan.seen(hash));
+                locked.state.jobs.insert(path.to_string(), entry);
             }
             match decision {
                 Decision::Run { slot, trigger } => {
+                    let job = match parsed
+                        .take()
+                        .map_or_else(|| Job::from_note(note, &config.timezone), Ok)
+                    {
+                        Ok(job) => job,
+                        Err(e) => {
+                            lines.push(Line::Invalid(e));
+                            continue;
+                        }
+                    };
                     let (info, prompt) =
                         run::prepare(&job, trigger, Some(slot), now, rt.date_override);
-                    let path = job.path.clone();
                     match run::claim(&rt.store, &mut locked, job, info, prompt) {
                         Ok(Some(c)) => claimed.push(c),
-                        Ok(None) => lines.push(skipped(&path, "still running".to_string(), json)),
-                        Err(e) => {
-                            lines.push(skipped(&path, format!("cannot take its lock: {e}"), json))
-                        }
+                        Ok(None) => lines.push(skipped(path, "still running".to_string())),
+                        Err(e) => lines.push(skipped(path, format!("cannot take its lock: {e}"))),
                     }
                 }
                 Decision::SkipLate { slot } => {
                     let reason = format!("late slot {slot} skipped (catch_up: false)");
-                    log::info!("{}: {reason}", job.path);
-                    lines.push(skipped(&job.path, reason, json));
+                    log::info!("{path}: {reason}");
+                    lines.push(skipped(path, reason));
                 }
                 other => lines.push(Line::Quiet {
-                    path: job.path.clone(),
+                    path: path.to_string(),
                     decision: quiet_name(&other),
                 }),
             }
         }
         locked.commit().map_err(|e| Error::Fatal(e.to_string()))?;
     }
-    lines.extend(execute_all(rt, claimed, config.max_concurrent_jobs, json));
-    Ok(lines)
-}
-
-fn check_jobs(notes: &[Note], zone: &Zone) -> (Vec<Job>, Vec<Line>) {
-    let mut jobs = Vec::new();
-    let mut lines = Vec::new();
-    for note in notes {
-        match Job::from_note(note, zone) {
-            Ok(job) => jobs.push(job),
-            Err(e) => lines.push(Line::Invalid(e)),
+    report_swept(
+        &rt.outbox
+            .sweep(rt.vault.as_ref(), || run::running_in(&rt.store)),
+    );
+    // Printed once the state lock is released: a slow reader of our stdout
+    // must not hold up other runners.
+    for line in &lines {
+        match line {
+            Line::Invalid(e) => print_line(&e.to_string(), json),
+            Line::Skipped { path, reason } => {
+                print_line(&format!("skipped: {path}: {reason}"), json)
+            }
+            _ => {}
         }
     }
-    (jobs, lines)
+    lines.extend(execute_all(rt, claimed, config.max_concurrent_jobs, json));
+    Ok(lines)
 }
 
 fn quiet_name(d: &Decision) -> &'static str {
@@ -212,8 +245,7 @@ fn quiet_name(d: &Decision) -> &'static str {
     }
 }
 
-fn skipped(path: &str, reason: String, json: bool) -> Line {
-    print_line(&format!("skipped: {path}: {reason}"), json);
+fn skipped(path: &str, reason: String) -> Line {
     Line::Skipped {
         path: path.to_string(),
         reason,
@@ -379,7 +411,7 @@ fn dry_run(args: &OnceArgs, config: &Config, rt: &Runtime) -> Result<u8, Error> 
                 trigger: Trigger::Manual,
             }
         } else {
-            state::decide(&job, &mut entry, now, policy)
+            state::decide(&(&job).into(), &mut entry, now, policy)
         };
         let (what, slot, trigger) = match &decision {
             Decision::Run { slot, trigger } => ("would run", Some(*slot), Some(*trigger)),

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -131,6 +131,7 @@ pub struct Runtime {
     pub clock: Clock,
     /// `--date`: replaces `{{date}}` and `{{yesterday}}`.
     pub date_override: Option<Date>,
+    recorder: Arc<Recorder>,
 }
 
 impl Runtime {
@@ -143,6 +144,7 @@ impl Runtime {
             child_env: agent::child_env(env),
             clock,
             date_override: None,
+            recorder: Arc::new(Recorder::default()),
         }
     }
 
@@ -251,6 +253,7 @@ pub fn claim(
             checked_through: info.started_at,
             last_run: None,
             running: None,
+            note: None,
         });
     entry.running = Some(Running {
         run_id: info.run_id.clone(),
@@ -379,7 +382,7 @@ fn run_agent(
     let tmp = rt.tmp_dir();
     let mcp_path = tmp.join(format!("{}{MCP_SUFFIX}", info.run_id));
     let written = files::create_private_dir(&tmp)
-        .and_then(|()| files::write_atomic(&mcp_path, setup.mcp_config.as_bytes()));
+        .and_then(|()| files::write_ephemeral(&mcp_path, setup.mcp_config.as_bytes()));
     if let Err(e) = written {
         let ending = Ending::Failure {
             error: format!("could not write the MCP config {}: {e}", mcp_path.display()),
@@ -399,7 +402,7 @@ fn run_agent(
         if let Some((_, start)) = sys::proc_stat(pid) {
             let record =
                 serde_json::json!({"pgid": pid, "start": start, "boot_id": sys::boot_id()});
-            if let Err(e) = files::write_atomic(&agent_path, record.to_string().as_bytes()) {
+            if let Err(e) = files::write_ephemeral(&agent_path, record.to_string().as_bytes()) {
                 log::warn!("{}: could not record the agent's pid: {e}", job.path);
             }
         }
@@ -430,34 +433,84 @@ impl Drop for RemoveOnDrop<'_> {
 
 /// Records a finished run in state and clears its `running` entry.
 fn record_outcome(rt: &Runtime, info: &RunInfo, ok: bool, output_path: &str) {
-    let result = rt.store.lock().and_then(|mut locked| {
-        if let Some(entry) = locked.state.jobs.get_mut(&info.job_path) {
-            if entry
-                .running
-                .as_ref()
-                .is_some_and(|r| r.run_id == info.run_id)
-            {
-                entry.running = None;
+    let last = LastRun {
+        run_id: info.run_id.clone(),
+        status: if ok { "ok" } else { "failed" }.to_string(),
+        started_at: info.started_at,
+        finished_at: rt.clock.now().max(info.started_at),
+        output_path: output_path.to_string(),
+        trigger: info.trigger,
+    };
+    rt.recorder.record(&rt.store, info.job_path.clone(), last);
+}
+
+/// Records finished runs in state.json, several in one write when runs end
+/// together (a group commit): each caller returns once its own record is
+/// written, so its job lock is still released only after that.
+#[derive(Default)]
+pub struct Recorder {
+    queue: Mutex<RecorderQueue>,
+    written: Condvar,
+}
+
+#[derive(Default)]
+struct RecorderQueue {
+    pending: Vec<(String, LastRun)>,
+    /// Tickets handed out, and the last one written.
+    issued: u64,
+    done: u64,
+    writing: bool,
+}
+
+impl Recorder {
+    fn record(&self, store: &Store, job_path: String, last: LastRun) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.issued += 1;
+        let ticket = q.issued;
+        q.pending.push((job_path, last));
+        loop {
+            if q.done >= ticket {
+                return;
             }
-            entry.last_run = Some(LastRun {
-                run_id: info.run_id.clone(),
-                status: if ok { "ok" } else { "failed" }.to_string(),
-                started_at: info.started_at,
-                finished_at: rt.clock.now().max(info.started_at),
-                output_path: output_path.to_string(),
-                trigger: info.trigger,
-            });
+            if q.writing {
+                q = self.written.wait(q).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            q.writing = true;
+            let batch = std::mem::take(&mut q.pending);
+            let upto = q.issued;
+            drop(q);
+            write_outcomes(store, &batch);
+            q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.done = upto;
+            q.writing = false;
+            self.written.notify_all();
+        }
+    }
+}
+
+fn write_outcomes(store: &Store, batch: &[(String, LastRun)]) {
+    let result = store.lock().and_then(|mut locked| {
+        for (path, last) in batch {
+            if let Some(entry) = locked.state.jobs.get_mut(path) {
+                if entry
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.run_id == last.run_id)
+                {
+                    entry.running = None;
+                }
+                entry.last_run = Some(last.clone());
+            }
         }
         locked.commit()
     });
     if let Err(e) = result {
-        // The note is queued; the next pass sees a `running` entry with a
-        // free lock, finds the note in the outbox and settles it.
-        log::error!(
-            "{}: could not record run {}: {e}",
-            info.job_path,
-            info.run_id
-        );
+        // The notes are queued; the next pass sees `running` entries with
+        // free locks, finds the notes in the outbox and settles them.
+        for (path, last) in batch {
+            log::error!("{path}: could not record run {}: {e}", last.run_id);
+        }
     }
 }
 

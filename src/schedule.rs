@@ -36,6 +36,12 @@ impl Zone {
         if name.is_empty() {
             return Err("must not be empty".to_string());
         }
+        if is_utc(name) {
+            return Ok(Zone {
+                name: name.to_string(),
+                tz: TimeZone::UTC,
+            });
+        }
         TimeZone::get(name)
             .map(|tz| Zone {
                 name: name.to_string(),
@@ -55,6 +61,12 @@ impl Zone {
     /// The host's zone, from `TZ` or `/etc/localtime`; UTC when neither
     /// says (a container without tzdata, say).
     pub fn system() -> Zone {
+        if let Some(name) = system_utc_name() {
+            return Zone {
+                name,
+                tz: TimeZone::UTC,
+            };
+        }
         match TimeZone::try_system() {
             Ok(tz) => Zone {
                 name: tz.iana_name().unwrap_or("local").to_string(),
@@ -63,6 +75,42 @@ impl Zone {
             Err(_) => Zone::utc(),
         }
     }
+}
+
+/// Names of zones that are UTC forever (offset 0, no daylight saving).
+/// They need no time zone database, whose loading is the largest fixed
+/// cost of a pass on a UTC host.
+fn is_utc(name: &str) -> bool {
+    matches!(
+        name,
+        "UTC"
+            | "Etc/UTC"
+            | "UCT"
+            | "Etc/UCT"
+            | "Universal"
+            | "Etc/Universal"
+            | "Zulu"
+            | "Etc/Zulu"
+            | "GMT"
+            | "Etc/GMT"
+            | "GMT0"
+            | "Etc/GMT0"
+            | "Greenwich"
+            | "Etc/Greenwich"
+    )
+}
+
+/// The host zone's name when it is UTC, read as jiff would (`TZ`, else the
+/// `/etc/localtime` link); `None` otherwise.
+fn system_utc_name() -> Option<String> {
+    let name = match std::env::var("TZ") {
+        Ok(tz) => tz.trim_start_matches(':').to_string(),
+        Err(_) => {
+            let target = std::fs::read_link("/etc/localtime").ok()?;
+            target.to_str()?.rsplit_once("zoneinfo/")?.1.to_string()
+        }
+    };
+    is_utc(&name).then_some(name)
 }
 
 /// A job's schedule: either never fires on its own, or a cron expression.

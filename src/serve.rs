@@ -425,7 +425,7 @@ impl Daemon {
                 }
                 for job in jobs {
                     let mut entry = locked.state.jobs.remove(&job.path);
-                    let decision = state::decide(&job, &mut entry, now, policy);
+                    let decision = state::decide(&(&job).into(), &mut entry, now, policy);
                     if let Some(entry) = entry {
                         locked.state.jobs.insert(job.path.clone(), entry);
                     }
@@ -560,15 +560,16 @@ impl Daemon {
             );
             for l in live.values() {
                 log::info!("{}: stopping its run", l.job_path);
-                if let Some(c) = &l.cancel {
-                    c.cancel();
-                }
             }
             // The kill sequence takes up to KILL_GRACE; then the note is
             // spooled and recorded. Delivery may still retry: the note is
-            // safe in the outbox whatever happens after.
+            // safe in the outbox whatever happens after. Cancels are sent
+            // again each second, for a run whose agent was only starting.
             let deadline = Instant::now() + KILL_GRACE + Duration::from_secs(15);
             while !live.is_empty() {
+                for c in live.values().filter_map(|l| l.cancel.as_ref()) {
+                    c.cancel();
+                }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     log::warn!(
@@ -579,7 +580,7 @@ impl Daemon {
                 }
                 live = self
                     .run_ended
-                    .wait_timeout(live, left)
+                    .wait_timeout(live, left.min(Duration::from_secs(1)))
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
             }

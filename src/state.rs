@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::files;
 use crate::job::Job;
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, Zone};
 
 pub const STATE_FILE: &str = "state.json";
 pub const LOCKS_DIR: &str = "locks";
@@ -68,11 +68,114 @@ pub struct JobState {
     pub schedule: String,
     pub timezone: String,
     /// Slots up to this instant have been handled.
+    #[serde(with = "instant")]
     pub checked_through: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<LastRun>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<Running>,
+    /// The note as last checked, so an unchanged note need not be parsed
+    /// again on the next pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Seen>,
+}
+
+/// What a pass remembers of a valid job note.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// `note_hash` of the note it was checked from.
+    pub hash: String,
+    pub disabled: bool,
+    pub catch_up: bool,
+}
+
+/// A fingerprint of what a job is checked from: the note's content and
+/// metadata, the default zone and this version of the runner.
+///
+/// FNV-1a, 64 bits: it only has to notice edits, on every note of every
+/// pass, so it is cheap rather than cryptographic (whoever could forge a
+/// collision can edit the note anyway).
+pub fn note_hash(
+    content: &str,
+    metadata: Option<&serde_json::Value>,
+    default_zone: &str,
+) -> String {
+    fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+    let mut h = fnv(0xcbf2_9ce4_8422_2325, content.as_bytes());
+    h = fnv(h, &[0]);
+    if let Some(m) = metadata {
+        h = fnv(h, m.to_string().as_bytes());
+    }
+    h = fnv(h, &[0]);
+    h = fnv(h, default_zone.as_bytes());
+    // Another version may check notes differently.
+    h = fnv(h, env!("CARGO_PKG_VERSION").as_bytes());
+    format!("{h:016x}")
+}
+
+/// What the due decision needs of a job.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub schedule: Schedule,
+    pub schedule_text: String,
+    pub zone: Zone,
+    pub disabled: bool,
+    pub catch_up: bool,
+}
+
+impl From<&Job> for Plan {
+    fn from(job: &Job) -> Plan {
+        Plan {
+            schedule: job.schedule.clone(),
+            schedule_text: job.schedule_text.clone(),
+            zone: job.zone.clone(),
+            disabled: job.disabled,
+            catch_up: job.catch_up,
+        }
+    }
+}
+
+impl Plan {
+    /// The plan remembered in a state entry, if its note is unchanged
+    /// (`hash`). `zones` caches zone lookups over a pass.
+    pub fn remembered(
+        entry: &JobState,
+        hash: &str,
+        zones: &mut std::collections::HashMap<String, Zone>,
+    ) -> Option<Plan> {
+        let seen = entry.note.as_ref().filter(|s| s.hash == hash)?;
+        let schedule = Schedule::parse(&entry.schedule).ok()?;
+        let zone = match zones.get(&entry.timezone) {
+            Some(z) => z.clone(),
+            None => {
+                let z = Zone::get(&entry.timezone).ok()?;
+                zones.insert(entry.timezone.clone(), z.clone());
+                z
+            }
+        };
+        Some(Plan {
+            schedule,
+            schedule_text: entry.schedule.clone(),
+            zone,
+            disabled: seen.disabled,
+            catch_up: seen.catch_up,
+        })
+    }
+
+    /// What to remember of it.
+    pub fn seen(&self, hash: String) -> Seen {
+        Seen {
+            hash,
+            disabled: self.disabled,
+            catch_up: self.catch_up,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,7 +183,9 @@ pub struct LastRun {
     pub run_id: String,
     /// `ok` or `failed`.
     pub status: String,
+    #[serde(with = "instant")]
     pub started_at: Timestamp,
+    #[serde(with = "instant")]
     pub finished_at: Timestamp,
     pub output_path: String,
     pub trigger: Trigger,
@@ -92,6 +197,7 @@ pub struct Running {
     pub run_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<Timestamp>,
+    #[serde(with = "instant")]
     pub started_at: Timestamp,
     pub pid: u32,
     pub trigger: Trigger,
@@ -141,7 +247,12 @@ impl Policy {
 
 /// The due decision (SPEC §7.2) for `job` at `now`. Edits `entry` as the
 /// decision requires; the caller commits it before starting any run.
-pub fn decide(job: &Job, entry: &mut Option<JobState>, now: Timestamp, policy: Policy) -> Decision {
+pub fn decide(
+    job: &Plan,
+    entry: &mut Option<JobState>,
+    now: Timestamp,
+    policy: Policy,
+) -> Decision {
     let current = entry
         .as_mut()
         .filter(|e| e.schedule == job.schedule_text && e.timezone == job.zone.name);
@@ -156,6 +267,7 @@ pub fn decide(job: &Job, entry: &mut Option<JobState>, now: Timestamp, policy: P
             checked_through: now,
             last_run,
             running,
+            note: None,
         });
         return Decision::New;
     };
@@ -411,10 +523,101 @@ impl Locked {
         if self.state == self.original {
             return Ok(());
         }
-        let mut bytes = serde_json::to_vec_pretty(&self.state)
+        // Compact: it is rewritten after every run.
+        let mut bytes = serde_json::to_vec(&self.state)
             .map_err(|e| Store::io(&self.path, io::Error::other(e)))?;
         bytes.push(b'\n');
         files::write_atomic(&self.path, &bytes).map_err(|e| Store::io(&self.path, e))
+    }
+}
+
+/// State timestamps as RFC 3339 text, read with a fast path for the form
+/// this runner writes (`2026-01-01T08:00:00.123Z`): a pass reads one per
+/// job, and jiff's general parser is several times slower.
+mod instant {
+    use jiff::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(t)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        match parse_utc(&text) {
+            Some(t) => Ok(t),
+            None => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, or `None` for anything else.
+    pub fn parse_utc(s: &str) -> Option<Timestamp> {
+        let b = s.as_bytes();
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+        {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| -> Option<i64> {
+            b.get(r)?.iter().try_fold(0i64, |n, c| {
+                c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+            })
+        };
+        let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        let nanos = match &b[19..] {
+            [b'Z'] => 0,
+            [b'.', digits @ .., b'Z']
+                if (1..=9).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) =>
+            {
+                let n = digits
+                    .iter()
+                    .fold(0i64, |n, c| n * 10 + i64::from(c - b'0'));
+                n * 10i64.pow(9 - digits.len() as u32)
+            }
+            _ => return None,
+        };
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let days_in_month = [
+            31,
+            if leap { 29 } else { 28 },
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
+        if !(1..=12).contains(&month)
+            || day < 1
+            || day > days_in_month[month as usize - 1]
+            || hour > 23
+            || minute > 59
+            || second > 59
+        {
+            return None;
+        }
+        // Days from 1970-01-01 (H. Hinnant's days_from_civil).
+        let y = if month <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (month + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        Timestamp::new(
+            days * 86_400 + hour * 3600 + minute * 60 + second,
+            nanos as i32,
+        )
+        .ok()
     }
 }
 
@@ -426,10 +629,9 @@ pub fn until(now: Timestamp, at: Timestamp) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::Zone;
     use crate::vault::Note;
 
-    fn job(schedule: &str, extra: &str) -> Job {
+    fn job(schedule: &str, extra: &str) -> Plan {
         let note = Note {
             id: "id".into(),
             path: Some("jobs/j".into()),
@@ -438,7 +640,7 @@ mod tests {
             ),
             ..Note::default()
         };
-        Job::from_note(&note, &Zone::utc()).unwrap()
+        Plan::from(&Job::from_note(&note, &Zone::utc()).unwrap())
     }
 
     fn t(s: &str) -> Timestamp {
@@ -708,6 +910,40 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn fast_instants_agree_with_jiff() {
+        for text in [
+            "1970-01-01T00:00:00Z",
+            "2026-03-08T07:30:00Z",
+            "2024-02-29T23:59:59.999999999Z",
+            "2000-12-31T12:00:00.5Z",
+            "1969-07-20T20:17:40.1Z",
+            "9999-12-30T00:00:00Z",
+            "0001-01-01T00:00:00Z",
+        ] {
+            let want: Timestamp = text.parse().unwrap();
+            assert_eq!(instant::parse_utc(text), Some(want), "{text}");
+        }
+        for text in [
+            "2026-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:00:00+01:00",
+            "2026-01-01 00:00:00Z",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00.1234567890Z",
+            "x",
+        ] {
+            assert_eq!(instant::parse_utc(text), None, "{text}");
+        }
+        // Other forms still parse, through jiff.
+        let entry: JobState = serde_json::from_str(
+            r#"{"schedule":"x","timezone":"UTC","checked_through":"2026-01-01T01:00:00+01:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(entry.checked_through, t("2026-01-01T00:00:00Z"));
     }
 
     #[test]

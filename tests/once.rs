@@ -1075,3 +1075,38 @@ fn vault_error_bodies_reach_the_message() {
         .status(2)
         .stderr_has("listing notes tagged job: vault answered 401: Unauthorized: Invalid API key");
 }
+
+#[test]
+fn an_edited_note_is_checked_again_and_an_unchanged_one_is_not_parsed_twice() {
+    let w = World::new("edited");
+    w.vault.add_job("jobs/e", &job("\"0 8 * * *\"", ""));
+    w.once_at("2026-01-01T07:00:00Z").run().success();
+    let hash = w.state()["jobs"]["jobs/e"]["note"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Broken now: reported, and the entry is kept.
+    w.vault.set_content(
+        "jobs/e",
+        "---\nschedule: \"0 8 * *\"\nmodel: m\nallowed_tools: Read\n---\n",
+    );
+    w.once_at("2026-01-01T07:10:00Z")
+        .run()
+        .status(1)
+        .stdout_has("invalid job at jobs/e: schedule:");
+    assert_eq!(w.state()["jobs"]["jobs/e"]["note"]["hash"], hash.as_str());
+    // Fixed with another schedule: a new job from its next slot.
+    w.vault
+        .set_content("jobs/e", &job("\"0 9 * * *\"", "disabled: true\n"));
+    w.once_at("2026-01-01T07:20:00Z").run().success();
+    let entry = &w.state()["jobs"]["jobs/e"];
+    assert_eq!(entry["schedule"], "0 9 * * *");
+    assert_eq!(entry["note"]["disabled"], true);
+    assert_ne!(entry["note"]["hash"], hash.as_str());
+    w.once_at("2026-01-01T09:00:30Z").run().success();
+    assert!(w.invocations().is_empty(), "disabled");
+    // Enabled again (content changes): runs at its slot.
+    w.vault.set_content("jobs/e", &job("\"0 9 * * *\"", ""));
+    w.once_at("2026-01-02T09:00:30Z").run().success();
+    assert_eq!(w.invocations().len(), 1);
+}

@@ -58,6 +58,25 @@ impl RestVault {
         url: &str,
         missing_ok: bool,
     ) -> Result<Option<Value>, VaultError> {
+        let Some(body) = self.get_body(what, url, missing_ok)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| VaultError::Malformed {
+                what: what.to_string(),
+                detail: format!("not JSON: {e}"),
+            })
+    }
+
+    /// GET `url`: the body of a 2xx answer; `Ok(None)` on 404 when
+    /// `missing_ok`.
+    fn get_body(
+        &self,
+        what: &str,
+        url: &str,
+        missing_ok: bool,
+    ) -> Result<Option<Vec<u8>>, VaultError> {
         let response = self
             .agent
             .get(url)
@@ -72,12 +91,7 @@ impl RestVault {
         if !(200..300).contains(&status) {
             return Err(status_error(what, status, &body));
         }
-        serde_json::from_slice(&body)
-            .map(Some)
-            .map_err(|e| VaultError::Malformed {
-                what: what.to_string(),
-                detail: format!("not JSON: {e}"),
-            })
+        Ok(Some(body))
     }
 
     /// Pages through `GET /notes?tag=…` until a short page, de-duplicating
@@ -98,10 +112,10 @@ impl RestVault {
                 encode(tag),
                 if content { "true" } else { "false" }
             );
-            let Some(page) = self.get_json(&what, &url, false)? else {
+            let Some(page) = self.get_body(&what, &url, false)? else {
                 break;
             };
-            let notes = parse_page(page).map_err(|detail| VaultError::Malformed {
+            let notes = parse_page(&page).map_err(|detail| VaultError::Malformed {
                 what: what.clone(),
                 detail,
             })?;
@@ -225,18 +239,16 @@ impl Vault for RestVault {
     }
 }
 
-/// One page of `GET /notes`: a JSON array of notes.
-pub fn parse_page(page: Value) -> Result<Vec<Note>, String> {
-    let Value::Array(items) = page else {
-        return Err("expected a JSON array of notes".to_string());
-    };
-    items
-        .into_iter()
-        .map(|item| {
-            serde_json::from_value(item)
-                .map_err(|e| format!("a note is not of the expected shape: {e}"))
-        })
-        .collect()
+/// One page of `GET /notes`: a JSON array of notes, parsed straight into
+/// notes (no intermediate document: a page holds up to 500 notes).
+pub fn parse_page(page: &[u8]) -> Result<Vec<Note>, String> {
+    serde_json::from_slice::<Vec<Note>>(page).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            format!("not JSON: {e}")
+        } else {
+            format!("expected a JSON array of notes: {e}")
+        }
+    })
 }
 
 /// The MCP config of SPEC §6.1, keys in the contract's order.
