@@ -568,7 +568,7 @@ pub fn parse_vault_url(text: &str) -> Result<VaultTarget, String> {
         if !rest.starts_with('/') {
             return Err(expected());
         }
-        let path = percent_decode(rest).ok_or_else(expected)?;
+        let path = crate::percent::decode(rest).ok_or_else(expected)?;
         return Ok(VaultTarget::Dir {
             root: PathBuf::from(path),
         });
@@ -589,23 +589,6 @@ pub fn parse_vault_url(text: &str) -> Result<VaultTarget, String> {
     Ok(VaultTarget::Rest {
         url: t.trim_end_matches('/').to_string(),
     })
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -34,11 +34,8 @@ pub fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<()> {
-    let tmp = write_temp(path, write)?;
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let tmp = write_temp(path, write, true)?;
+    rename_into_place(&tmp, path)?;
     sync_parent(path)
 }
 
@@ -46,30 +43,21 @@ pub fn write_atomic_with(
 /// config, the agent record): complete before its name appears, but not
 /// fsynced — after a crash it is worthless anyway and is swept.
 pub fn write_ephemeral(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = parent(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", random::hex(8)));
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes))
-        .and_then(|()| fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+    let tmp = write_temp(path, |w| w.write_all(bytes), false)?;
+    rename_into_place(&tmp, path)
+}
+
+fn rename_into_place(tmp: &Path, path: &Path) -> io::Result<()> {
+    fs::rename(tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(tmp);
+    })
 }
 
 /// Writes `bytes` at `path` only if nothing is there yet. Returns `false`
 /// (and writes nothing) when the path exists. Readers never see a partial
 /// file: the content is complete before the name appears.
 pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
-    let tmp = write_temp(path, |w| w.write_all(bytes))?;
+    let tmp = write_temp(path, |w| w.write_all(bytes), true)?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -79,10 +67,12 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     }
 }
 
-/// Writes a complete, fsynced temp file beside `path` and returns its name.
+/// Writes a complete temp file beside `path` (fsynced if `sync`) and
+/// returns its name.
 fn write_temp(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    sync: bool,
 ) -> io::Result<PathBuf> {
     let dir = parent(path);
     let name = path
@@ -99,7 +89,7 @@ fn write_temp(
     let written = write(&mut buffered)
         .and_then(|()| buffered.flush())
         .and_then(|()| file.set_permissions(fs::Permissions::from_mode(FILE_MODE)))
-        .and_then(|()| file.sync_all());
+        .and_then(|()| if sync { file.sync_all() } else { Ok(()) });
     drop(buffered);
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);

@@ -183,7 +183,7 @@ pub fn http_path(data: &[u8]) {
     let url = text(data);
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let _ = server::route_name(path);
-    if let Some(decoded) = server::percent_decode(path) {
+    if let Some(decoded) = crate::percent::decode(path) {
         let _ = vault::dir::normalize(&decoded);
     }
     for key in ["since", "limit", "async"] {

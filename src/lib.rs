@@ -20,6 +20,7 @@ pub mod job;
 pub mod metrics;
 pub mod once;
 pub mod output;
+pub mod percent;
 pub mod random;
 pub mod run;
 pub mod schedule;
@@ -53,6 +54,7 @@ where
     I: IntoIterator,
     I::Item: Into<OsString>,
 {
+    sys::limit_malloc_arenas();
     init_logging();
     let env = Env::os();
     let result = cli::parse(args)

@@ -294,25 +294,7 @@ pub fn query_param(query: &str, key: &str) -> Option<String> {
         .split('&')
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
         .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| percent_decode(&v.replace('+', " ")))
-}
-
-/// Strict percent-decoding to UTF-8; `None` on a bad escape.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+        .and_then(|(_, v)| crate::percent::decode(&v.replace('+', " ")))
 }
 
 fn runs(daemon: &Daemon, query: &str) -> Answer {
@@ -374,7 +356,7 @@ fn runs(daemon: &Daemon, query: &str) -> Answer {
 
 fn run_now(daemon: &Arc<Daemon>, path: &str, query: &str) -> Answer {
     let encoded = &path["/runner/jobs/".len()..path.len() - "/run-now".len()];
-    let Some(job_path) = percent_decode(encoded) else {
+    let Some(job_path) = crate::percent::decode(encoded) else {
         return Answer::error(404, "not_found", "no such job");
     };
     let (rt, claimed) = match daemon.run_now(&job_path) {
@@ -484,12 +466,6 @@ mod tests {
         );
         assert_eq!(query_param("async", "async").as_deref(), Some(""));
         assert_eq!(query_param("x=%zz", "x"), None);
-        assert_eq!(
-            percent_decode("jobs%2Fdaily%20brief").as_deref(),
-            Some("jobs/daily brief")
-        );
-        assert_eq!(percent_decode("%00").as_deref(), Some("\0"));
-        assert_eq!(percent_decode("%ff"), None);
     }
 
     #[test]

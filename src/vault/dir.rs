@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{AgentSetup, Created, NewNote, Note, Vault, VaultError, keep_newest};
+use super::{AgentSetup, Created, NewNote, Newest, Note, Vault, VaultError};
 use crate::files;
 use crate::job;
 
@@ -179,7 +179,7 @@ impl Vault for DirVault {
     }
 
     fn list_runs(&self, since: Option<Timestamp>, limit: usize) -> Result<Vec<Note>, VaultError> {
-        let mut runs = Vec::new();
+        let mut runs = Newest::new(since, limit);
         self.walk(false, &mut |id, file| {
             let Some(head) = read_head(file) else { return };
             if !job::frontmatter_tags(&head)
@@ -190,15 +190,9 @@ impl Vault for DirVault {
             }
             let mut note = self.note_from_file(id, file, head);
             note.content.clear();
-            if since.is_none_or(|s| note.created() >= s) {
-                runs.push(note);
-                if runs.len() >= 2 * limit.max(1) {
-                    keep_newest(&mut runs, limit);
-                }
-            }
+            runs.offer(note);
         })?;
-        keep_newest(&mut runs, limit);
-        Ok(runs)
+        Ok(runs.finish())
     }
 
     fn agent_setup(&self) -> AgentSetup {

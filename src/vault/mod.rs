@@ -203,8 +203,41 @@ pub fn open(config: &Config, timeouts: Timeouts) -> Result<Arc<dyn Vault>, Strin
     }
 }
 
-/// Keeps the newest `limit` notes of a stream, for `list_runs`.
-pub(crate) fn keep_newest(notes: &mut Vec<Note>, limit: usize) {
-    notes.sort_by(|a, b| b.created().cmp(&a.created()).then_with(|| b.id.cmp(&a.id)));
-    notes.truncate(limit);
+/// Collects the newest `limit` run notes created at or after `since` from a
+/// stream of any length, in bounded memory (for `list_runs`).
+pub(crate) struct Newest {
+    since: Option<Timestamp>,
+    limit: usize,
+    notes: Vec<Note>,
+}
+
+impl Newest {
+    pub(crate) fn new(since: Option<Timestamp>, limit: usize) -> Newest {
+        Newest {
+            since,
+            limit,
+            notes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn offer(&mut self, note: Note) {
+        if self.since.is_none_or(|s| note.created() >= s) {
+            self.notes.push(note);
+            if self.notes.len() >= 2 * self.limit.max(1) {
+                self.trim();
+            }
+        }
+    }
+
+    fn trim(&mut self) {
+        self.notes
+            .sort_by(|a, b| b.created().cmp(&a.created()).then_with(|| b.id.cmp(&a.id)));
+        self.notes.truncate(self.limit);
+    }
+
+    /// Newest first.
+    pub(crate) fn finish(mut self) -> Vec<Note> {
+        self.trim();
+        self.notes
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{AgentSetup, Created, NewNote, Note, Timeouts, Vault, VaultError, keep_newest};
+use super::{AgentSetup, Created, NewNote, Newest, Note, Timeouts, Vault, VaultError};
 use crate::secrets::Secret;
 
 /// Notes per listing page (SPEC §4.1).
@@ -109,7 +109,7 @@ impl RestVault {
             let url = format!(
                 "{}/notes?tag={}&include_content={}&limit={PAGE}&offset={offset}",
                 self.api,
-                encode(tag),
+                crate::percent::encode(tag),
                 if content { "true" } else { "false" }
             );
             let Some(page) = self.get_body(&what, &url, false)? else {
@@ -151,7 +151,7 @@ impl Vault for RestVault {
 
     fn get_note(&self, path: &str) -> Result<Option<Note>, VaultError> {
         let what = format!("reading note {path}");
-        let url = format!("{}/notes/{}", self.api, encode(path));
+        let url = format!("{}/notes/{}", self.api, crate::percent::encode(path));
         match self.get_json(&what, &url, true)? {
             None => Ok(None),
             Some(v) => serde_json::from_value(v)
@@ -213,18 +213,9 @@ impl Vault for RestVault {
     }
 
     fn list_runs(&self, since: Option<Timestamp>, limit: usize) -> Result<Vec<Note>, VaultError> {
-        let mut runs = Vec::new();
-        self.page_tagged(crate::job::RUN_TAG, false, |note| {
-            if since.is_none_or(|s| note.created() >= s) {
-                runs.push(note);
-                // Keep memory bounded on a long history.
-                if runs.len() >= 2 * limit.max(1) {
-                    keep_newest(&mut runs, limit);
-                }
-            }
-        })?;
-        keep_newest(&mut runs, limit);
-        Ok(runs)
+        let mut runs = Newest::new(since, limit);
+        self.page_tagged(crate::job::RUN_TAG, false, |note| runs.offer(note))?;
+        Ok(runs.finish())
     }
 
     fn agent_setup(&self) -> AgentSetup {
@@ -332,20 +323,6 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Percent-encodes one URL path segment or query value: everything but
-/// unreserved characters, so `/` becomes `%2F` (vault-api.md).
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Backoff before each retry of a transient failure (SPEC §6.4: 3 tries
 /// within about 10 s).
 pub const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
@@ -353,13 +330,6 @@ pub const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encoding() {
-        assert_eq!(encode("jobs/daily brief"), "jobs%2Fdaily%20brief");
-        assert_eq!(encode("a%b?c#d&é"), "a%25b%3Fc%23d%26%C3%A9");
-        assert_eq!(encode("A-z_0.9~"), "A-z_0.9~");
-    }
 
     #[test]
     fn mcp_config_shape() {
