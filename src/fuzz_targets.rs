@@ -69,7 +69,8 @@ pub fn job_note(data: &[u8]) {
         if let Ok(file) = vault::dir::render_file(&out) {
             let split = job::split_frontmatter(&file).ok();
             let body = split.as_ref().map(|s| s.body);
-            let want = if out.content.ends_with('\n') {
+            // render_file ends a non-empty body with a newline.
+            let want = if out.content.is_empty() || out.content.ends_with('\n') {
                 out.content.clone()
             } else {
                 format!("{}\n", out.content)
