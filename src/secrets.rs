@@ -152,6 +152,11 @@ impl SecretStore {
     pub fn set(&self, name: &str, value: &Secret) -> Result<(), SecretsError> {
         let path = self.secrets_path();
         let mut entries = read_entries(&path)?;
+        // A new key while entries exist would make them unreadable for
+        // good: that is the "silently regenerated" key SPEC §2 forbids.
+        if !entries.is_empty() && self.read_key()?.is_none() {
+            return Err(SecretsError::MissingKey { path });
+        }
         let key = self.key_or_create()?;
         let envelope = seal(&key, value.expose().as_bytes()).map_err(|e| self.io(&path, e))?;
         entries.insert(name.to_string(), envelope);
@@ -431,6 +436,12 @@ mod tests {
             s.get("vault_token"),
             Err(SecretsError::MissingKey { .. })
         ));
+        // Nor is a new key made on top of them.
+        assert!(matches!(
+            s.set("vault_token", &Secret::new("u")),
+            Err(SecretsError::MissingKey { .. })
+        ));
+        assert!(!dir.join(KEY_FILE).exists());
         fs::remove_dir_all(dir).unwrap();
     }
 
