@@ -248,11 +248,29 @@ struct KeyCache {
     keys: Vec<Key>,
     fetched: Option<Instant>,
     forced: Option<Instant>,
+    /// The last fetch attempt, good or bad: a hub that fails is asked
+    /// again only after `RETRY_MIN`, not on every request.
+    attempted: Option<Instant>,
 }
 
 struct RevocationCache {
     jtis: Option<HashSet<String>>,
     fetched: Option<Instant>,
+    attempted: Option<Instant>,
+}
+
+/// How long after a failed fetch from the hub the next one is tried.
+const RETRY_MIN: Duration = Duration::from_secs(10);
+
+/// Whether to fetch again: never fetched (every request tries, as none can
+/// pass without it), or older than `ttl` with the last attempt old enough
+/// (a failing hub is not asked on every request while the last good copy
+/// serves).
+fn refetch_due(fetched: Option<Instant>, attempted: Option<Instant>, ttl: Duration) -> bool {
+    match fetched {
+        None => true,
+        Some(t) => t.elapsed() >= ttl && attempted.is_none_or(|a| a.elapsed() >= RETRY_MIN),
+    }
 }
 
 /// Tokens whose signature and claims checked out, by SHA-256, so a busy
@@ -284,10 +302,12 @@ impl Auth {
                 keys: Vec::new(),
                 fetched: None,
                 forced: None,
+                attempted: None,
             }),
             revoked: Mutex::new(RevocationCache {
                 jtis: None,
                 fetched: None,
+                attempted: None,
             }),
             verified: Mutex::new(HashMap::new()),
         }
@@ -319,13 +339,10 @@ impl Auth {
         let claims = self
             .verified(token, now)
             .map_err(|f| unauthorized(f.message()))?;
-        match self.revoked_jtis() {
+        match self.is_revoked(&claims.jti) {
             None => return Err(unauthorized("revocation list unavailable")),
-            Some(true_if_revoked) => {
-                if true_if_revoked(&claims.jti) {
-                    return Err(unauthorized("token has been revoked"));
-                }
-            }
+            Some(true) => return Err(unauthorized("token has been revoked")),
+            Some(false) => {}
         }
         check_scope(&claims, need)?;
         Ok(claims)
@@ -335,6 +352,9 @@ impl Auth {
     /// now.
     fn verified(&self, token: &str, now: Timestamp) -> Result<Claims, Failure> {
         use sha2::Digest;
+        // Stale keys are fetched again first; new keys empty the cache of
+        // verified tokens, so a key the hub dropped stops verifying.
+        self.with_keys(false, |_| ());
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(claims) = self
             .verified
@@ -358,30 +378,29 @@ impl Auth {
     }
 
     fn verify_with_reload(&self, token: &str, now: Timestamp) -> Result<Claims, Failure> {
-        let keys = self.current_keys(false);
-        match verify(token, &keys, &self.origin, now) {
+        match self.with_keys(false, |keys| verify(token, keys, &self.origin, now)) {
             Err(Failure::Key(_)) => {
                 // An unknown kid or a bad signature: the hub may have rotated
                 // its keys. One forced reload, at most every 10 s.
-                let keys = self.current_keys(true);
-                verify(token, &keys, &self.origin, now)
+                self.with_keys(true, |keys| verify(token, keys, &self.origin, now))
             }
             other => other,
         }
     }
 
-    /// The cached keys, fetched when stale (or, with `force`, when the last
-    /// forced fetch is old enough).
-    fn current_keys(&self, force: bool) -> Vec<Key> {
+    /// Calls `f` on the cached keys, fetched first when stale (or, with
+    /// `force`, when the last forced fetch is old enough).
+    fn with_keys<T>(&self, force: bool, f: impl FnOnce(&[Key]) -> T) -> T {
         let Ok(mut cache) = self.keys.lock() else {
-            return Vec::new();
+            return f(&[]);
         };
-        let stale = cache.fetched.is_none_or(|t| t.elapsed() >= JWKS_TTL);
+        let stale = refetch_due(cache.fetched, cache.attempted, JWKS_TTL);
         let may_force = force && cache.forced.is_none_or(|t| t.elapsed() >= JWKS_FORCED_MIN);
         if stale || may_force {
             if force {
                 cache.forced = Some(Instant::now());
             }
+            cache.attempted = Some(Instant::now());
             match self.fetch_json("/.well-known/jwks.json") {
                 Ok(doc) => {
                     cache.keys = parse_jwks(&doc);
@@ -394,13 +413,14 @@ impl Auth {
                 Err(e) => log::warn!("auth: cannot load the hub's keys: {e}"),
             }
         }
-        cache.keys.clone()
+        f(&cache.keys)
     }
 
-    /// A lookup of revoked jtis, or `None` if the list never loaded.
-    fn revoked_jtis(&self) -> Option<impl Fn(&str) -> bool> {
+    /// Whether `jti` is revoked, or `None` if the list never loaded.
+    fn is_revoked(&self, jti: &str) -> Option<bool> {
         let mut cache = self.revoked.lock().ok()?;
-        if cache.fetched.is_none_or(|t| t.elapsed() >= REVOCATION_TTL) {
+        if refetch_due(cache.fetched, cache.attempted, REVOCATION_TTL) {
+            cache.attempted = Some(Instant::now());
             match self.fetch_json("/.well-known/parachute-revocation.json") {
                 Ok(doc) => match doc.get("jtis").and_then(Value::as_array) {
                     Some(list) => {
@@ -421,8 +441,7 @@ impl Auth {
                 ),
             }
         }
-        let jtis = cache.jtis.clone()?;
-        Some(move |jti: &str| jtis.contains(jti))
+        cache.jtis.as_ref().map(|jtis| jtis.contains(jti))
     }
 
     fn fetch_json(&self, path: &str) -> Result<Value, String> {

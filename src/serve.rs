@@ -69,6 +69,8 @@ pub struct Daemon {
     started: Instant,
     stopping: AtomicBool,
     clock: Clock,
+    /// Serializes config.json updates (PUT config, clear-credential).
+    config_lock: Mutex<()>,
 }
 
 /// Entry point: `parachute-runner serve`.
@@ -160,6 +162,7 @@ impl Daemon {
             started: Instant::now(),
             stopping: AtomicBool::new(false),
             clock,
+            config_lock: Mutex::new(()),
         })
     }
 
@@ -179,8 +182,18 @@ impl Daemon {
 
     pub fn begin_stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let _guard = self.shared();
-        self.wake.notify_all();
+        self.wake_all();
+    }
+
+    /// Wakes the scheduler and every waiter on `run_ended`. Each condvar is
+    /// notified under the mutex its waiters check their condition under, so
+    /// a wake-up cannot fall between a check and a wait.
+    fn wake_all(&self) {
+        {
+            let _shared = self.shared();
+            self.wake.notify_all();
+        }
+        let _live = self.live();
         self.run_ended.notify_all();
     }
 
@@ -188,8 +201,9 @@ impl Daemon {
         self.started.elapsed()
     }
 
+    /// Runs going on; claimed runs still waiting for a permit do not count.
     pub fn running_count(&self) -> usize {
-        self.live().len()
+        self.live().values().filter(|l| l.cancel.is_some()).count()
     }
 
     pub fn gauges(&self) -> Gauges {
@@ -242,10 +256,14 @@ impl Daemon {
             }
             let now = self.clock.now();
             let until_poll = s.next_poll.saturating_duration_since(Instant::now());
+            // While paused nothing fires, so slots do not count (they would
+            // stay in the past and the loop would spin).
+            let runnable = !s.paused && s.rt.is_some();
             let until_slot = s
                 .table
                 .values()
                 .filter_map(|e| e.next)
+                .filter(|_| runnable)
                 .min()
                 .map_or(Duration::MAX, |t| {
                     self.clock.real_duration(state::until(now, t))
@@ -414,6 +432,8 @@ impl Daemon {
         }
         let mut claimed = Vec::new();
         match rt.store.lock() {
+            // Cleared credential since this evaluation began: start nothing.
+            Ok(_) if self.shared().paused => {}
             Ok(mut locked) => {
                 if prune {
                     let listed: std::collections::HashSet<String> =
@@ -587,11 +607,10 @@ impl Daemon {
         }
     }
 
-    /// Wakes the scheduler (config changed).
+    /// Wakes the scheduler and the runs waiting for a permit (config
+    /// changed).
     pub fn nudge(&self) {
-        let _guard = self.shared();
-        self.wake.notify_all();
-        self.run_ended.notify_all();
+        self.wake_all();
     }
 
     /// Runs one job now for `POST /runner/jobs/<path>/run-now`.
@@ -652,13 +671,29 @@ impl Daemon {
             .filter(|(_, v)| !v.is_null())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let checked = config::parse_file(&Value::Object(non_null)).map_err(problems)?;
+        let checked = config::parse_file(&Value::Object(non_null));
+        // A key set to null (removed) must still be a known one.
+        let mut unknown: Vec<(String, String)> = patch
+            .iter()
+            .filter(|(k, v)| v.is_null() && !config::KEYS.contains(&k.as_str()))
+            .map(|(k, _)| (k.clone(), "unknown key".to_string()))
+            .collect();
+        let checked = match checked {
+            Ok(c) if unknown.is_empty() => c,
+            Ok(_) => return Err(unknown),
+            Err(list) => {
+                unknown.extend(problems(list));
+                return Err(unknown);
+            }
+        };
         if patch.get("vault_url").is_some_and(Value::is_null) {
             return Err(vec![(
                 "vault_url".into(),
                 "required; cannot be removed".into(),
             )]);
         }
+        // One update at a time: the file is read, changed and written back.
+        let _one = self.config_lock.lock().unwrap_or_else(|p| p.into_inner());
         let paths = self.shared().config.paths.clone();
         let mut doc = match config::read_config_doc(&paths.config_file) {
             Ok(Some(Value::Object(m))) => m,
@@ -690,7 +725,10 @@ impl Daemon {
             .map_err(|e| vec![(String::new(), e.to_string())])?;
         let deferred: Vec<String> = patch
             .keys()
-            .filter(|k| env_var_for(k).is_some_and(|var| self.env.get(var).is_some()))
+            .filter(|k| {
+                env_var_for(k).is_some_and(|var| self.env.get(var).is_some())
+                    || self.overridden_by_flag(k)
+            })
             .cloned()
             .collect();
         {
@@ -711,8 +749,20 @@ impl Daemon {
         Ok(deferred)
     }
 
-    /// Removes the stored vault token and pauses scheduling.
+    /// Whether a command-line flag of this `serve` overrides config key `k`.
+    fn overridden_by_flag(&self, k: &str) -> bool {
+        match k {
+            "poll_interval_seconds" => self.overrides.poll_interval.is_some(),
+            "vault_url" | "vault_name" | "vault_token" => self.overrides.vault_dir.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Removes the stored vault token and pauses scheduling. The runtime
+    /// (whose vault client holds the token) is dropped too, so nothing uses
+    /// the token after this answers; runs already going keep theirs.
     pub fn clear_token(&self) -> Result<(), String> {
+        let _one = self.config_lock.lock().unwrap_or_else(|p| p.into_inner());
         let paths = self.shared().config.paths.clone();
         paths
             .secret_store()
@@ -721,6 +771,7 @@ impl Daemon {
         {
             let mut s = self.shared();
             s.paused = true;
+            s.rt = None;
             s.config.vault_token = None;
             for entry in s.table.values_mut() {
                 entry.next = None;

@@ -520,6 +520,15 @@ fn put_then_get_round_trip_keeps_the_token_out() {
         (status, body["error"].as_str()),
         (400, Some("validation_failed"))
     );
+    // Removing an unknown key is an unknown key too.
+    let (status, body) = s.send(
+        "PUT",
+        "/.parachute/config",
+        Some(&admin),
+        Some(br#"{"bogus": null}"#.to_vec()),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["path"], "bogus");
 }
 
 #[test]
@@ -577,6 +586,12 @@ fn hot_reload_and_clear_credential() {
             .unwrap()
             .contains("vault_token")
     );
+    // The cleared token is not used for anything else either.
+    let asked = w.vault.requests().len();
+    let (status, body) = s.get("/runner/runs", Some(&admin));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "upstream_unreachable");
+    assert_eq!(w.vault.requests().len(), asked, "the vault was asked");
     // A new token resumes.
     s.send(
         "PUT",
@@ -615,9 +630,10 @@ fn max_concurrent_jobs_takes_effect_without_restart() {
         assert_eq!(status, 202);
     }
     std::thread::sleep(Duration::from_millis(800));
+    // One runs; three wait for a permit and are not counted as running.
     let (_, metrics) = s.text("/metrics");
     assert!(
-        metrics.contains("parachute_runner_running_jobs 4"),
+        metrics.contains("parachute_runner_running_jobs 1\n"),
         "{metrics}"
     );
     assert_eq!(
@@ -895,4 +911,54 @@ fn put_vault_url_switches_the_vault_at_once() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(second.notes_tagged("job-run").len(), 1);
     assert!(w.runs().is_empty());
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based).
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn a_scheduler_without_a_vault_sleeps_instead_of_spinning() {
+    // A folder vault with a per-second job, then a PUT that switches to a
+    // server vault with no token stored: scheduling pauses, and the slots
+    // already computed must not keep the loop awake.
+    let w = World::new("spin");
+    let notes = w.home.join("notes");
+    std::fs::create_dir_all(notes.join("jobs")).unwrap();
+    std::fs::write(
+        notes.join("jobs/tick.md"),
+        "---\ntags: [job]\nschedule: \"* * * * * *\"\nmodel: m\nallowed_tools: Read\n---\nhi",
+    )
+    .unwrap();
+    std::fs::write(
+        w.home.join("runner/config.json"),
+        json!({"vault_url": format!("file://{}", notes.display()), "timezone": "UTC"}).to_string(),
+    )
+    .unwrap();
+    let s = start(&w, FakeHub::start(), &[], &[]);
+    let (_, jobs) = s.get("/runner/jobs", Some(&s.hub.token("runner:read")));
+    assert_eq!(jobs["jobs"][0]["jobPath"], "jobs/tick", "{jobs}");
+    let (status, body) = s.send(
+        "PUT",
+        "/.parachute/config",
+        Some(&s.hub.token("runner:admin")),
+        Some(json!({"vault_url": w.vault.url()}).to_string().into_bytes()),
+    );
+    assert_eq!(status, 200, "{body}");
+    let pid = s.child.id();
+    let before = cpu_seconds(pid);
+    // Long enough for many per-second slots to come and go.
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(pid) - before;
+    assert!(used < 0.5, "serve used {used} s of CPU in 3 s while paused");
 }
