@@ -48,10 +48,12 @@ COMMANDS:
                run and its status, problems. --json for JSON.
     validate   Check local job note files as `once` would; print problems and
                the next 3 fire times. Exit 1 if any file is invalid.
-      --tz ZONE          zone for jobs that name none (default: system zone)
+      --tz ZONE          zone for jobs that name none (default:
+                         PARACHUTE_RUNNER_TIMEZONE, else the system zone)
     next       Print the next fire instants of a cron expression or preset,
                one RFC 3339 UTC instant per line.
-      --tz ZONE          evaluate in this IANA zone (default: system zone)
+      --tz ZONE          evaluate in this IANA zone (default:
+                         PARACHUTE_RUNNER_TIMEZONE, else the system zone)
       --from RFC3339     start after this instant (default: now)
       -n N               how many (default 5, at most 1000)
 
@@ -77,7 +79,8 @@ ENVIRONMENT:
                                           (default http://127.0.0.1:1939)
     PARACHUTE_RUNNER_HTTP_TIMEOUT         seconds per vault request (default 30)
     PARACHUTE_RUNNER_NOW                  RFC 3339 instant to use as \"now\"
-                                          (for tests and replays; once only)
+                                          (for tests and replays: once, jobs,
+                                          validate, next; serve ignores it)
     PARACHUTE_RUNNER_CLOCK                START,ANCHOR,SPEED: simulated time
                                           (for tests)
     RUST_LOG                              log level (default info); logs go to stderr
@@ -95,6 +98,8 @@ FILES:
     $PARACHUTE_HOME/runner/state.json     what ran when; what is running
     $PARACHUTE_HOME/runner/outbox/        outputs the vault has not accepted yet
     $PARACHUTE_HOME/runner/locks/         lock files
+    $PARACHUTE_HOME/runner/tmp/           each run's private MCP config (0700)
+    $PARACHUTE_HOME/services.json         serve's registration row
 ";
 
 /// A parsed command line.

@@ -353,23 +353,49 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
     let paths = Paths::new(env, overrides.config.as_deref())?;
     let file_doc = read_config_doc(&paths.config_file)?;
     let mut settings = Settings::default();
-    let mut file_has_token = false;
+    // Every problem of the file and of the environment, in one message.
+    let mut problems = Vec::new();
+    let mut sources = Vec::new();
+    let mut file_token = None;
     if let Some(doc) = &file_doc {
-        let from_file = parse_file(doc).map_err(|problems| ConfigError::Invalid {
-            source: paths.config_file.display().to_string(),
-            problems,
-        })?;
-        file_has_token = from_file.vault_token.is_some();
-        settings.overlay(from_file);
+        match parse_file(doc) {
+            Ok(from_file) => {
+                file_token = from_file.vault_token.clone();
+                settings.overlay(from_file);
+            }
+            Err(p) => {
+                problems.extend(p);
+                sources.push(paths.config_file.display().to_string());
+            }
+        }
     }
-    if file_has_token && let (Some(token), Some(doc)) = (&settings.vault_token, &file_doc) {
+    match parse_env(env) {
+        Ok(from_env) => settings.overlay(from_env),
+        Err(p) => {
+            problems.extend(p);
+            sources.push("the environment".to_string());
+        }
+    }
+    if !problems.is_empty() {
+        let about_url = |p: &String| {
+            p.starts_with("vault_url:") || p.starts_with("PARACHUTE_RUNNER_VAULT_URL:")
+        };
+        if settings.vault_url.is_none()
+            && overrides.vault_dir.is_none()
+            && !problems.iter().any(about_url)
+        {
+            problems.push("vault_url: required (or set PARACHUTE_RUNNER_VAULT_URL)".to_string());
+        }
+        return Err(ConfigError::Invalid {
+            source: sources.join(" and "),
+            problems,
+        });
+    }
+    // The file's token, not the environment's: that one is never written
+    // anywhere.
+    if let (Some(token), Some(doc)) = (&file_token, &file_doc) {
         migrate_token(&paths, doc, token)?;
     }
-    let from_env = parse_env(env).map_err(|problems| ConfigError::Invalid {
-        source: "the environment".to_string(),
-        problems,
-    })?;
-    settings.overlay(from_env);
     if let Some(dir) = &overrides.vault_dir {
         settings.vault_url = Some(VaultTarget::Dir {
             root: absolute(dir),
@@ -471,7 +497,15 @@ fn migrate_token(paths: &Paths, doc: &Value, token: &Secret) -> Result<(), Confi
     paths.secret_store().set(TOKEN_ENTRY, token)?;
     let mut map = doc.as_object().cloned().unwrap_or_default();
     map.remove(TOKEN_ENTRY);
-    write_config_doc(&paths.config_file, &map)?;
+    if let Err(e) = write_config_doc(&paths.config_file, &map) {
+        // The token is safe in secrets.json and the file's copy is the same
+        // token, so the runner goes on; a writable load finishes the move.
+        log::warn!(
+            "vault_token is stored in secrets.json but could not be removed from {} ({e}); remove it by hand",
+            paths.config_file.display()
+        );
+        return Ok(());
+    }
     log::info!(
         "moved vault_token from {} into {} (encrypted)",
         paths.config_file.display(),
@@ -667,6 +701,34 @@ mod tests {
             problems,
             ["vault_token: must be printable ASCII without spaces (as vault tokens are: pvt_...)"]
         );
+    }
+
+    #[test]
+    fn file_and_environment_problems_and_a_missing_url_come_together() {
+        let h = home("together");
+        write(&h, &json!({"poll_interval_seconds": 0}));
+        let env = Env::from_pairs([
+            ("PARACHUTE_HOME", h.to_str().unwrap()),
+            ("TZ", "UTC"),
+            ("PARACHUTE_RUNNER_MAX_CONCURRENT_JOBS", "many"),
+        ]);
+        let err = load(&env, &Overrides::default()).unwrap_err().to_string();
+        let file = h.join("runner/config.json");
+        assert!(
+            err.starts_with(&format!(
+                "invalid config in {} and the environment: ",
+                file.display()
+            )),
+            "{err}"
+        );
+        for want in [
+            "poll_interval_seconds: expected an integer from 1 to 86400 (got 0)",
+            "PARACHUTE_RUNNER_MAX_CONCURRENT_JOBS: expected an integer",
+            "vault_url: required (or set PARACHUTE_RUNNER_VAULT_URL)",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in {err}");
+        }
+        fs::remove_dir_all(h).unwrap();
     }
 
     #[test]

@@ -98,6 +98,14 @@ pub fn run(args: &OnceArgs, env: &Env) -> Result<u8, Error> {
     finish(&lines, json)
 }
 
+/// Delivers the outbox (a no-op when it is empty), without settling.
+fn sweep(rt: &Runtime) {
+    report_swept(
+        &rt.outbox
+            .sweep(rt.vault.as_ref(), || run::running_in(&rt.store)),
+    );
+}
+
 fn report_swept(swept: &crate::output::Swept) {
     if swept.failed > 0 {
         log::warn!("outbox: {} output(s) still queued", swept.failed);
@@ -114,7 +122,10 @@ fn run_only(rt: &Runtime, config: &Config, path: &str, json: bool) -> Result<Vec
         .ok_or_else(|| Error::Fatal(format!("no note at {path} in {}", rt.vault.describe())))?;
     let job = match Job::from_note(&note, &config.timezone) {
         Ok(job) => job,
-        Err(e) => return Ok(vec![Line::Invalid(e)]),
+        Err(e) => {
+            print_line(&e.to_string(), json);
+            return Ok(vec![Line::Invalid(e)]);
+        }
     };
     let now = rt.clock.now();
     let (info, prompt) = run::prepare(&job, Trigger::Manual, None, now, rt.date_override);
@@ -123,15 +134,18 @@ fn run_only(rt: &Runtime, config: &Config, path: &str, json: bool) -> Result<Vec
         .map_err(|e| Error::Fatal(e.to_string()))?;
     locked.commit().map_err(|e| Error::Fatal(e.to_string()))?;
     let Some(claimed) = claimed else {
+        log::info!("skipped: {}: still running", job.path);
         print_line(&format!("skipped: {}: still running", job.path), json);
         return Ok(vec![skipped(&job.path, "still running".to_string())]);
     };
     Ok(execute_all(rt, vec![claimed], 1, json))
 }
 
-/// Every job, by the due decision. One state read serves the settling of
-/// dead runs and the decisions; the outbox is delivered before any run.
+/// Every job, by the due decision: deliver the outbox, list, decide (one
+/// state read serves the settling of dead runs and the decisions), deliver
+/// what the settling queued, run.
 fn run_scheduled(rt: &Runtime, config: &Config, json: bool) -> Result<Vec<Line>, Error> {
+    sweep(rt);
     let notes = rt
         .vault
         .list_jobs()
@@ -198,7 +212,10 @@ fn run_scheduled(rt: &Runtime, config: &Config, json: bool) -> Result<Vec<Line>,
                         run::prepare(&job, trigger, Some(slot), now, rt.date_override);
                     match run::claim(&rt.store, &mut locked, job, info, prompt) {
                         Ok(Some(c)) => claimed.push(c),
-                        Ok(None) => lines.push(skipped(path, "still running".to_string())),
+                        Ok(None) => {
+                            log::info!("skipped: {path}: still running");
+                            lines.push(skipped(path, "still running".to_string()));
+                        }
                         Err(e) => lines.push(skipped(path, format!("cannot take its lock: {e}"))),
                     }
                 }
@@ -215,10 +232,7 @@ fn run_scheduled(rt: &Runtime, config: &Config, json: bool) -> Result<Vec<Line>,
         }
         locked.commit().map_err(|e| Error::Fatal(e.to_string()))?;
     }
-    report_swept(
-        &rt.outbox
-            .sweep(rt.vault.as_ref(), || run::running_in(&rt.store)),
-    );
+    sweep(rt);
     // Printed once the state lock is released: a slow reader of our stdout
     // must not hold up other runners.
     for line in &lines {

@@ -25,6 +25,10 @@ use crate::vault::rest::RETRY_DELAYS;
 use crate::vault::{Created, NewNote, Vault, VaultError};
 
 pub const OUTBOX_DIR: &str = "outbox";
+
+/// The time within which `deliver` may start a retry (SPEC §6.4: 3 tries
+/// within about 10 s).
+const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 /// `run_stderr_tail` keeps this many bytes.
 pub const STDERR_TAIL_BYTES: usize = 2048;
 /// The line that ends a truncated output.
@@ -206,12 +210,19 @@ pub fn note(info: &RunInfo, ending: Ending, duration: Duration) -> NewNote {
 
 /// Writes `note` to the vault: 3 tries with backoff on transient errors,
 /// the `-<run id prefix>` suffix on a conflict. Returns the path written.
+/// No retry starts after `RETRY_WINDOW`: a vault that stalls each request
+/// to its timeout sends the note to the outbox instead of holding the run.
 pub fn deliver(vault: &dyn Vault, note: &NewNote) -> Result<String, VaultError> {
+    let start = std::time::Instant::now();
     let mut attempt = 0;
     loop {
         match deliver_once(vault, note) {
             Ok(path) => return Ok(path),
-            Err(e) if e.is_transient() && attempt < RETRY_DELAYS.len() => {
+            Err(e)
+                if e.is_transient()
+                    && attempt < RETRY_DELAYS.len()
+                    && start.elapsed() + RETRY_DELAYS[attempt] <= RETRY_WINDOW =>
+            {
                 log::warn!("{e}; trying again in {}s", RETRY_DELAYS[attempt].as_secs());
                 std::thread::sleep(RETRY_DELAYS[attempt]);
                 attempt += 1;

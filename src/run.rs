@@ -197,18 +197,25 @@ pub fn prepare(
         &job.path,
         &run_id,
     );
-    let rendered = template::render(&job.output_path, &vars, "output_path")
-        .map_err(|e| e.to_string())
-        .and_then(|p| {
-            normalize(&p).ok_or_else(|| {
-                format!("output_path renders to {p:?}, which is not a usable note path (empty, or with . or .. segments)")
-            })
-        })
-        .and_then(|path| {
-            template::render(&job.prompt, &vars, "prompt")
-                .map(|prompt| (path, prompt))
-                .map_err(|e| e.to_string())
-        });
+    // Both templates are rendered, so the message names every unknown
+    // variable of either.
+    let rendered = match (
+        template::render(&job.output_path, &vars, "output_path"),
+        template::render(&job.prompt, &vars, "prompt"),
+    ) {
+        (Ok(path), Ok(prompt)) => match normalize(&path) {
+            Some(path) => Ok((path, prompt)),
+            None => Err(format!(
+                "output_path renders to {path:?}, which is not a usable note path (empty, or with . or .. segments)"
+            )),
+        },
+        (path, prompt) => Err(template::describe(
+            &[path.err(), prompt.err()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+        )),
+    };
     let (output_path, prompt) = match rendered {
         Ok((path, prompt)) => (path, Ok(prompt)),
         Err(e) => (
@@ -322,12 +329,17 @@ pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller))
         );
     }
     // 2. The outcome is recorded and the job released.
-    record_outcome(rt, &info, ok, &note.path);
+    let recorded = record_outcome(rt, &info, ok, &note.path);
     drop(_lock);
     // 3. Delivery, from the outbox entry (the note in memory, which may be
-    // megabytes, is dropped first).
+    // megabytes, is dropped first). Not when the record failed and the note
+    // is queued: the next pass must find it in the outbox to settle the
+    // run; delivered now, that pass would take the run for interrupted.
     let spooled = spooled.map_err(|_| note);
     match spooled {
+        Ok(_) if !recorded => {
+            report.queued_because = Some("the run could not be recorded in state.json".to_string());
+        }
         Ok(entry) => match rt.outbox.deliver_entry(rt.vault.as_ref(), &entry) {
             Delivery::Delivered(path) => report.written_to = Some(path),
             Delivery::Busy => report.written_to = Some(report.output_path.clone()),
@@ -431,8 +443,9 @@ impl Drop for RemoveOnDrop<'_> {
     }
 }
 
-/// Records a finished run in state and clears its `running` entry.
-fn record_outcome(rt: &Runtime, info: &RunInfo, ok: bool, output_path: &str) {
+/// Records a finished run in state and clears its `running` entry. `false`
+/// if state.json could not be written.
+fn record_outcome(rt: &Runtime, info: &RunInfo, ok: bool, output_path: &str) -> bool {
     let last = LastRun {
         run_id: info.run_id.clone(),
         status: if ok { "ok" } else { "failed" }.to_string(),
@@ -441,7 +454,7 @@ fn record_outcome(rt: &Runtime, info: &RunInfo, ok: bool, output_path: &str) {
         output_path: output_path.to_string(),
         trigger: info.trigger,
     };
-    rt.recorder.record(&rt.store, info.job_path.clone(), last);
+    rt.recorder.record(&rt.store, info.job_path.clone(), last)
 }
 
 /// Records finished runs in state.json, several in one write when runs end
@@ -455,7 +468,9 @@ pub struct Recorder {
 
 #[derive(Default)]
 struct RecorderQueue {
-    pending: Vec<(String, LastRun)>,
+    pending: Vec<(u64, String, LastRun)>,
+    /// Written tickets whose write failed, until their caller has seen it.
+    failed: std::collections::HashSet<u64>,
     /// Tickets handed out, and the last one written.
     issued: u64,
     done: u64,
@@ -463,14 +478,15 @@ struct RecorderQueue {
 }
 
 impl Recorder {
-    fn record(&self, store: &Store, job_path: String, last: LastRun) {
+    /// `false` if the write that carried this record failed.
+    fn record(&self, store: &Store, job_path: String, last: LastRun) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.issued += 1;
         let ticket = q.issued;
-        q.pending.push((job_path, last));
+        q.pending.push((ticket, job_path, last));
         loop {
             if q.done >= ticket {
-                return;
+                return !q.failed.remove(&ticket);
             }
             if q.writing {
                 q = self.written.wait(q).unwrap_or_else(|p| p.into_inner());
@@ -480,8 +496,11 @@ impl Recorder {
             let batch = std::mem::take(&mut q.pending);
             let upto = q.issued;
             drop(q);
-            write_outcomes(store, &batch);
+            let written = write_outcomes(store, &batch);
             q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if !written {
+                q.failed.extend(batch.iter().map(|(ticket, ..)| *ticket));
+            }
             q.done = upto;
             q.writing = false;
             self.written.notify_all();
@@ -489,9 +508,9 @@ impl Recorder {
     }
 }
 
-fn write_outcomes(store: &Store, batch: &[(String, LastRun)]) {
+fn write_outcomes(store: &Store, batch: &[(u64, String, LastRun)]) -> bool {
     let result = store.lock().and_then(|mut locked| {
-        for (path, last) in batch {
+        for (_, path, last) in batch {
             if let Some(entry) = locked.state.jobs.get_mut(path) {
                 if entry
                     .running
@@ -505,11 +524,16 @@ fn write_outcomes(store: &Store, batch: &[(String, LastRun)]) {
         }
         locked.commit()
     });
-    if let Err(e) = result {
-        // The notes are queued; the next pass sees `running` entries with
-        // free locks, finds the notes in the outbox and settles them.
-        for (path, last) in batch {
-            log::error!("{path}: could not record run {}: {e}", last.run_id);
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            // The notes stay queued; the next pass sees `running` entries
+            // with free locks, finds the notes in the outbox and settles
+            // them.
+            for (_, path, last) in batch {
+                log::error!("{path}: could not record run {}: {e}", last.run_id);
+            }
+            false
         }
     }
 }
@@ -751,5 +775,22 @@ mod tests {
                 format!("jobs/runs/daily-brief/render-error-{}", info.run_id)
             );
         }
+    }
+
+    #[test]
+    fn a_template_error_names_the_unknown_variables_of_both_templates() {
+        let now: Timestamp = "2026-03-08T05:00:00Z".parse().unwrap();
+        let (_, prompt) = prepare(
+            &job("output_path: \"x/{{bad}}\"\n", "{{nope}} {{date}}"),
+            Trigger::Manual,
+            None,
+            now,
+            None,
+        );
+        assert_eq!(
+            prompt.unwrap_err(),
+            "template error: unknown variables {{bad}} in output_path, {{nope}} in prompt; \
+             supported: date, time, datetime, yesterday, job_name, job_path, run_id"
+        );
     }
 }

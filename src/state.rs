@@ -415,7 +415,7 @@ impl Store {
         file.lock()
             .map_err(|e| Self::io(&self.dir.join(LOCKS_DIR).join("state.lock"), e))?;
         let lock = Lock { _file: file };
-        let state = self.read()?;
+        let state = self.load(true)?;
         Ok(Locked {
             path: self.state_path(),
             original: state.clone(),
@@ -425,8 +425,13 @@ impl Store {
     }
 
     /// Reads the state without the lock (for listings). A missing file is
-    /// an empty state.
+    /// an empty state; so is a damaged one, which only a pass holding the
+    /// lock moves aside.
     pub fn read(&self) -> Result<State, StateError> {
+        self.load(false)
+    }
+
+    fn load(&self, locked: bool) -> Result<State, StateError> {
         let path = self.state_path();
         let Some(bytes) = files::read_optional(&path).map_err(|e| Self::io(&path, e))? else {
             return Ok(State {
@@ -442,6 +447,16 @@ impl Store {
             Ok(mut state) => {
                 state.version = VERSION;
                 Ok(state)
+            }
+            Err(e) if !locked => {
+                log::warn!(
+                    "{}: unreadable ({e}); the next pass moves it aside",
+                    path.display()
+                );
+                Ok(State {
+                    version: VERSION,
+                    jobs: BTreeMap::new(),
+                })
             }
             Err(e) => {
                 // Written atomically, so this is damage from outside. Keep
@@ -979,12 +994,18 @@ mod tests {
         drop(held);
         assert!(store.try_lock_job("jobs/j").unwrap().is_some());
         fs::write(dir.join(STATE_FILE), "{broken").unwrap();
+        // A damaged file reads as empty; only the lock holder moves it.
+        let aside = |dir: &Path| {
+            fs::read_dir(dir).unwrap().flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.json.corrupt-")
+            })
+        };
         assert!(store.read().unwrap().jobs.is_empty());
-        assert!(fs::read_dir(&dir).unwrap().flatten().any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("state.json.corrupt-")
-        }));
+        assert!(!aside(&dir));
+        assert!(store.lock().unwrap().state.jobs.is_empty());
+        assert!(aside(&dir));
         fs::write(dir.join(STATE_FILE), "{\"version\":9,\"jobs\":{}}").unwrap();
         assert!(
             store

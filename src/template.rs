@@ -92,19 +92,27 @@ pub struct UnknownVariables {
 
 impl fmt::Display for UnknownVariables {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown variable{} {} in {}; supported: {}",
-            if self.names.len() == 1 { "" } else { "s" },
-            self.names
-                .iter()
-                .map(|n| format!("{{{{{n}}}}}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.place,
-            NAMES.join(", ")
-        )
+        f.write_str(&describe(std::slice::from_ref(self)))
     }
+}
+
+/// One message for the unknown variables of several templates, e.g.
+/// `unknown variables {{a}} in output_path, {{b}} in prompt; supported: …`.
+pub fn describe(all: &[UnknownVariables]) -> String {
+    let count: usize = all.iter().map(|u| u.names.len()).sum();
+    let groups: Vec<String> = all
+        .iter()
+        .map(|u| {
+            let names: Vec<String> = u.names.iter().map(|n| format!("{{{{{n}}}}}")).collect();
+            format!("{} in {}", names.join(", "), u.place)
+        })
+        .collect();
+    format!(
+        "unknown variable{} {}; supported: {}",
+        if count == 1 { "" } else { "s" },
+        groups.join(", "),
+        NAMES.join(", ")
+    )
 }
 
 impl std::error::Error for UnknownVariables {}

@@ -663,6 +663,37 @@ fn vault_down_at_write_time_goes_to_the_outbox_and_is_delivered_once() {
 }
 
 #[test]
+fn the_outbox_goes_out_before_the_listing_even_when_the_listing_fails() {
+    let w = World::new("outbox-first");
+    w.every_minute("jobs/a");
+    w.once_at("2026-01-01T00:00:30Z").run().success();
+    w.vault.set_fault(Route::Create, Fault::Status(503), None);
+    w.once_at("2026-01-01T00:01:30Z").run().success();
+    assert_eq!(w.outbox().len(), 1);
+    w.vault.clear_faults();
+    w.vault.set_fault(Route::List, Fault::Status(500), None);
+    w.once_at("2026-01-01T00:01:40Z")
+        .run()
+        .status(2)
+        .stderr_has("outbox: delivered run");
+    assert!(w.outbox().is_empty());
+    assert_eq!(w.runs().len(), 1);
+}
+
+#[test]
+fn only_on_an_invalid_job_says_why() {
+    let w = World::new("only-invalid");
+    w.vault
+        .add_job("jobs/bad", "---\ntags: [job]\nschedule: every day\n---\nhi");
+    w.runner()
+        .args(["once", "--only", "jobs/bad"])
+        .run()
+        .status(1)
+        .stdout_has("invalid job at jobs/bad: schedule: ")
+        .stdout_has("model: required");
+}
+
+#[test]
 fn a_lost_answer_is_not_a_second_note() {
     // The vault stored the note but the answer never came: the retry gets
     // 409, reads the note back, sees its own run id, and stops.
