@@ -536,7 +536,23 @@ def rounds_txt(d, prefix):
     return [os.path.join(d, f) for f in os.listdir(d) if f.startswith(prefix) and f.endswith(".txt")]
 
 
-REPORTS = {"1": report1, "2": report2, "3": report3, "4": report4, "5": report5, "6": report6}
+def report7(d, rows):
+    s = "7 release binary"
+    size = int(open(os.path.join(d, "size.txt")).read())
+    path = os.path.join(d, "stripped.txt")
+    stripped = open(path).read().strip() if os.path.exists(path) else "unknown (no readelf)"
+    version = open(os.path.join(d, "version.txt")).read().strip()
+    rows.add(s, "size", f"{size / 1024 / 1024:.2f} MiB", note=f"{size} bytes, stripped: {stripped}; {version}")
+    rt = hf_times(rounds(d, "round"), "runner")
+    bt = hf_times(rounds(d, "round"), "true")
+    med, lo, hi = triple(rt)
+    rows.add(s, "--version wall", med, lo, hi, f"{ms(statistics.median(bt))} (/bin/true)",
+             f"{statistics.median(rt) / statistics.median(bt):.2f}×", "report", "info",
+             f"{len(rt)} runs each, baseline min {ms(min(bt))} max {ms(max(bt))}")
+
+
+REPORTS = {"1": report1, "2": report2, "3": report3, "4": report4, "5": report5, "6": report6,
+           "7": report7}
 
 
 def cmd_table(d):
