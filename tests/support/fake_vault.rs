@@ -174,13 +174,33 @@ pub struct FakeVault {
     running: Mutex<Option<Running>>,
 }
 
+/// A loopback address no other listener of the test run uses (all of
+/// 127.0.0.0/8 is loopback on Linux; the other servers of the tests listen
+/// on 127.0.0.1). A port freed by [`FakeVault::stop`] then stays free: no
+/// other test's listener can take it before [`FakeVault::restart`], and a
+/// connection to it is refused, as the tests of a dead vault expect.
+fn own_loopback() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    format!(
+        "127.{}.{}.{}:0",
+        100 + pid % 100,
+        (n / 250) % 250,
+        2 + n % 250
+    )
+}
+
 impl FakeVault {
-    /// Starts on `127.0.0.1:0` with token [`DEFAULT_TOKEN`] and vault
-    /// [`DEFAULT_VAULT`]. Panics if it cannot listen (a test setup failure).
+    /// Starts on a loopback address of its own (port 0) with token
+    /// [`DEFAULT_TOKEN`] and vault [`DEFAULT_VAULT`]. Panics if it cannot
+    /// listen (a test setup failure).
     pub fn start() -> FakeVault {
-        match FakeVault::start_with("127.0.0.1:0", DEFAULT_TOKEN, DEFAULT_VAULT) {
+        let addr = own_loopback();
+        match FakeVault::start_with(&addr, DEFAULT_TOKEN, DEFAULT_VAULT) {
             Ok(vault) => vault,
-            Err(err) => panic!("fake vault: cannot listen on 127.0.0.1:0: {err}"),
+            Err(err) => panic!("fake vault: cannot listen on {addr}: {err}"),
         }
     }
 
@@ -812,7 +832,12 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, generation: Arc<Gener
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
-    // Dropping `listener` here closes the listening socket.
+    // Stop listening now, not when the last descriptor goes: a child that
+    // another test thread is forking holds a copy of the listener until it
+    // execs, and while it does, connections would still be accepted into
+    // the backlog. shutdown(2) ends the listening state for every copy.
+    let socket = TcpStream::from(std::os::fd::OwnedFd::from(listener));
+    let _ = socket.shutdown(Shutdown::Both);
 }
 
 /// A request read off the wire.
