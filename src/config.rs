@@ -380,7 +380,11 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
         let about_url = |p: &String| {
             p.starts_with("vault_url:") || p.starts_with("PARACHUTE_RUNNER_VAULT_URL:")
         };
+        let file_has_url = file_doc
+            .as_ref()
+            .is_some_and(|d| d.get("vault_url").is_some_and(|v| !v.is_null()));
         if settings.vault_url.is_none()
+            && !file_has_url
             && overrides.vault_dir.is_none()
             && !problems.iter().any(about_url)
         {
@@ -728,6 +732,15 @@ mod tests {
         ] {
             assert!(err.contains(want), "missing {want:?} in {err}");
         }
+        // A file with a good vault_url and another problem: no "required".
+        write(
+            &h,
+            &json!({"vault_url": "http://x", "poll_interval_seconds": 0}),
+        );
+        let err = load(&env_for(&h), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("vault_url"), "{err}");
         fs::remove_dir_all(h).unwrap();
     }
 

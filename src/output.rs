@@ -26,9 +26,9 @@ use crate::vault::{Created, NewNote, Vault, VaultError};
 
 pub const OUTBOX_DIR: &str = "outbox";
 
-/// The time within which `deliver` may start a retry (SPEC §6.4: 3 tries
-/// within about 10 s).
-const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// The time within which an outbox delivery may start a retry (SPEC §6.4:
+/// 3 tries within about 10 s).
+pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 /// `run_stderr_tail` keeps this many bytes.
 pub const STDERR_TAIL_BYTES: usize = 2048;
 /// The line that ends a truncated output.
@@ -210,9 +210,14 @@ pub fn note(info: &RunInfo, ending: Ending, duration: Duration) -> NewNote {
 
 /// Writes `note` to the vault: 3 tries with backoff on transient errors,
 /// the `-<run id prefix>` suffix on a conflict. Returns the path written.
-/// No retry starts after `RETRY_WINDOW`: a vault that stalls each request
-/// to its timeout sends the note to the outbox instead of holding the run.
-pub fn deliver(vault: &dyn Vault, note: &NewNote) -> Result<String, VaultError> {
+/// With `window` (the note is safe in the outbox), no retry starts after
+/// it: a vault that stalls each request to its timeout leaves the note
+/// queued instead of holding the run. Without, all 3 tries are made.
+pub fn deliver(
+    vault: &dyn Vault,
+    note: &NewNote,
+    window: Option<std::time::Duration>,
+) -> Result<String, VaultError> {
     let start = std::time::Instant::now();
     let mut attempt = 0;
     loop {
@@ -221,7 +226,7 @@ pub fn deliver(vault: &dyn Vault, note: &NewNote) -> Result<String, VaultError> 
             Err(e)
                 if e.is_transient()
                     && attempt < RETRY_DELAYS.len()
-                    && start.elapsed() + RETRY_DELAYS[attempt] <= RETRY_WINDOW =>
+                    && window.is_none_or(|w| start.elapsed() + RETRY_DELAYS[attempt] <= w) =>
             {
                 log::warn!("{e}; trying again in {}s", RETRY_DELAYS[attempt].as_secs());
                 std::thread::sleep(RETRY_DELAYS[attempt]);
@@ -423,7 +428,7 @@ impl Outbox {
                 });
             }
         };
-        match deliver(vault, &entry.note) {
+        match deliver(vault, &entry.note, Some(RETRY_WINDOW)) {
             Ok(written) => {
                 if let Err(e) = fs::remove_file(path) {
                     log::error!(

@@ -352,7 +352,7 @@ pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller))
                 report.queued_because = Some(e.to_string());
             }
         },
-        Err(note) => match output::deliver(rt.vault.as_ref(), &note) {
+        Err(note) => match output::deliver(rt.vault.as_ref(), &note, None) {
             Ok(path) => report.written_to = Some(path),
             Err(e) => {
                 log::error!(
@@ -710,7 +710,7 @@ pub fn settle_and_deliver(rt: &Runtime) -> Result<output::Swept, StateError> {
 /// The run ids marked running in the state file now; `None` if it cannot
 /// be read (then nothing is sent blind).
 pub fn running_in(store: &Store) -> Option<HashSet<String>> {
-    match store.read() {
+    match store.read_checked() {
         Ok(state) => Some(
             state
                 .jobs

@@ -758,9 +758,10 @@ impl Daemon {
         }
     }
 
-    /// Removes the stored vault token and pauses scheduling. The runtime
-    /// (whose vault client holds the token) is dropped too, so nothing uses
-    /// the token after this answers; runs already going keep theirs.
+    /// Removes the stored vault token and pauses scheduling. While paused
+    /// nothing reaches the vault (polls, fires, run-now and /runner/runs
+    /// all check `paused`); runs already going finish. The runtime stays,
+    /// for the local state and outbox that /runner/jobs and /metrics show.
     pub fn clear_token(&self) -> Result<(), String> {
         let _one = self.config_lock.lock().unwrap_or_else(|p| p.into_inner());
         let paths = self.shared().config.paths.clone();
@@ -771,7 +772,6 @@ impl Daemon {
         {
             let mut s = self.shared();
             s.paused = true;
-            s.rt = None;
             s.config.vault_token = None;
             for entry in s.table.values_mut() {
                 entry.next = None;

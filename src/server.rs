@@ -326,7 +326,10 @@ fn runs(daemon: &Daemon, query: &str) -> Answer {
             }
         },
     };
-    let rt = daemon.shared().rt.clone();
+    let rt = {
+        let s = daemon.shared();
+        if s.paused { None } else { s.rt.clone() }
+    };
     let Some(rt) = rt else {
         return Answer::error(
             502,

@@ -351,6 +351,11 @@ pub enum StateError {
         path: PathBuf,
         found: u32,
     },
+    /// Not valid state JSON (seen without the lock, so left in place).
+    Damaged {
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 impl fmt::Display for StateError {
@@ -360,6 +365,11 @@ impl fmt::Display for StateError {
             StateError::Version { path, found } => write!(
                 f,
                 "{}: written by a newer parachute-runner (state version {found}, this one reads {VERSION}); upgrade, or move the file away to start afresh",
+                path.display()
+            ),
+            StateError::Damaged { path, detail } => write!(
+                f,
+                "{}: unreadable ({detail}); the next pass moves it aside",
                 path.display()
             ),
         }
@@ -425,9 +435,23 @@ impl Store {
     }
 
     /// Reads the state without the lock (for listings). A missing file is
-    /// an empty state; so is a damaged one, which only a pass holding the
-    /// lock moves aside.
+    /// an empty state; so is a damaged one (logged), which only a pass
+    /// holding the lock moves aside.
     pub fn read(&self) -> Result<State, StateError> {
+        match self.load(false) {
+            Err(e @ StateError::Damaged { .. }) => {
+                log::warn!("{e}");
+                Ok(State {
+                    version: VERSION,
+                    jobs: BTreeMap::new(),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Reads the state without the lock; a damaged file is an error.
+    pub fn read_checked(&self) -> Result<State, StateError> {
         self.load(false)
     }
 
@@ -448,16 +472,10 @@ impl Store {
                 state.version = VERSION;
                 Ok(state)
             }
-            Err(e) if !locked => {
-                log::warn!(
-                    "{}: unreadable ({e}); the next pass moves it aside",
-                    path.display()
-                );
-                Ok(State {
-                    version: VERSION,
-                    jobs: BTreeMap::new(),
-                })
-            }
+            Err(e) if !locked => Err(StateError::Damaged {
+                path,
+                detail: e.to_string(),
+            }),
             Err(e) => {
                 // Written atomically, so this is damage from outside. Keep
                 // the file for inspection and start afresh: every job then
@@ -1003,6 +1021,10 @@ mod tests {
             })
         };
         assert!(store.read().unwrap().jobs.is_empty());
+        assert!(matches!(
+            store.read_checked(),
+            Err(StateError::Damaged { .. })
+        ));
         assert!(!aside(&dir));
         assert!(store.lock().unwrap().state.jobs.is_empty());
         assert!(aside(&dir));

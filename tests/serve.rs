@@ -945,9 +945,10 @@ fn a_scheduler_without_a_vault_sleeps_instead_of_spinning() {
         json!({"vault_url": format!("file://{}", notes.display()), "timezone": "UTC"}).to_string(),
     )
     .unwrap();
-    let s = start(&w, FakeHub::start(), &[], &[]);
+    let mut s = start(&w, FakeHub::start(), &[], &[]);
     let (_, jobs) = s.get("/runner/jobs", Some(&s.hub.token("runner:read")));
     assert_eq!(jobs["jobs"][0]["jobPath"], "jobs/tick", "{jobs}");
+    assert!(jobs["jobs"][0]["nextRunAt"].is_string(), "{jobs}");
     let (status, body) = s.send(
         "PUT",
         "/.parachute/config",
@@ -960,5 +961,8 @@ fn a_scheduler_without_a_vault_sleeps_instead_of_spinning() {
     // Long enough for many per-second slots to come and go.
     std::thread::sleep(Duration::from_secs(3));
     let used = cpu_seconds(pid) - before;
+    // Alive and answering (a dead serve would use no CPU either).
+    assert!(s.child.try_wait().unwrap().is_none(), "{}", s.log());
+    assert_eq!(s.text("/healthz").0, 200);
     assert!(used < 0.5, "serve used {used} s of CPU in 3 s while paused");
 }
