@@ -102,46 +102,34 @@ pub fn simulate(name: &str, jobs: usize, passes: usize, minutes: i64, speed: i64
     }
 }
 
+/// Prints the figures (for RELIABILITY.md) and fails on any missed slot.
+fn report(label: &str, f: &Figures) {
+    eprintln!(
+        "{label}: {} slots expected, {} fired, {} missing, {} once passes",
+        f.slots_expected,
+        f.fired,
+        f.missing.len(),
+        f.passes
+    );
+    assert!(f.missing.is_empty(), "missed: {:?}", f.missing);
+}
+
 #[test]
 fn ten_passes_and_serve_over_twenty_minutes_fire_each_slot_once() {
     // One simulated minute per real second: a run (which holds its job's
     // lock until its outcome is recorded) must not outlast a minute even
     // on a loaded test machine, or its next slot is rightly skipped.
-    let f = simulate("sim-short", 3, 10, 20, 60);
-    eprintln!(
-        "simulated 20 min: {} slots expected, {} fired, {} missing, {} once passes",
-        f.slots_expected,
-        f.fired,
-        f.missing.len(),
-        f.passes
-    );
-    assert!(f.missing.is_empty(), "missed: {:?}", f.missing);
+    report("simulated 20 min", &simulate("sim-short", 3, 10, 20, 60));
 }
 
 #[test]
 #[ignore = "long: a simulated day (about 24 minutes)"]
 fn ten_passes_and_serve_over_a_day() {
-    let f = simulate("sim-day-10", 3, 10, 1440, 60);
-    eprintln!(
-        "10 passes, a day: {} expected, {} fired, {} missing, {} passes",
-        f.slots_expected,
-        f.fired,
-        f.missing.len(),
-        f.passes
-    );
-    assert!(f.missing.is_empty(), "missed: {:?}", f.missing);
+    report("10 passes, a day", &simulate("sim-day-10", 3, 10, 1440, 60));
 }
 
 #[test]
 #[ignore = "long: a simulated day with 50 concurrent passes (about 24 minutes)"]
 fn fifty_passes_and_serve_over_a_day() {
-    let f = simulate("sim-day-50", 3, 50, 1440, 60);
-    eprintln!(
-        "50 passes, a day: {} expected, {} fired, {} missing, {} passes",
-        f.slots_expected,
-        f.fired,
-        f.missing.len(),
-        f.passes
-    );
-    assert!(f.missing.is_empty(), "missed: {:?}", f.missing);
+    report("50 passes, a day", &simulate("sim-day-50", 3, 50, 1440, 60));
 }

@@ -69,14 +69,7 @@ pub fn check_invariants(w: &World) -> Tally {
     // No orphan: every agent and every grandchild it left is gone.
     for call in w.invocations() {
         tally.agents += 1;
-        let pid: i32 = call
-            .dir
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let pid = call.pid();
         assert!(!fake_claude::alive(pid), "agent {pid} is still running");
         if let Ok(text) = std::fs::read_to_string(call.dir.join("grandchild.pid")) {
             let g: i32 = text.trim().parse().unwrap();

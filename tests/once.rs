@@ -744,14 +744,7 @@ fn a_killed_runner_leaves_an_interrupted_note_on_the_next_pass() {
     child.wait().unwrap();
     // The agent outlives a SIGKILLed runner...
     let call = fake_claude::only_invocation(&w.claude_dir);
-    let pid: i32 = call
-        .dir
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = call.pid();
     assert!(fake_claude::alive(pid));
     let ran = w.once_at("2026-01-01T00:01:40Z").run().success();
     assert!(ran.stderr().contains("was interrupted"), "{}", ran.stderr());
@@ -794,14 +787,7 @@ fn timeout_kills_a_child_that_ignores_sigterm_and_its_grandchild() {
     // SIGTERM at 0.5 s is ignored; SIGKILL 5 s later ends it.
     assert!(started.elapsed() < Duration::from_secs(20));
     let call = fake_claude::only_invocation(&w.claude_dir);
-    let pid: i32 = call
-        .dir
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = call.pid();
     let grandchild: i32 = std::fs::read_to_string(call.dir.join("grandchild.pid"))
         .unwrap()
         .trim()

@@ -711,14 +711,7 @@ fn sigterm_during_a_run_stops_it_with_an_interrupted_note_and_exits_0() {
         "interrupted: runner shutting down"
     );
     let call = fake_claude::only_invocation(&w.claude_dir);
-    let pid: i32 = call
-        .dir
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = call.pid();
     assert!(!fake_claude::alive(pid));
 }
 

@@ -34,6 +34,15 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// The agent's pid: its record directory is named after it.
+    pub fn pid(&self) -> i32 {
+        self.dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {}", self.dir.display()))
+    }
+
     pub fn env_var(&self, key: &str) -> Option<&str> {
         self.env
             .iter()
