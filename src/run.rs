@@ -371,15 +371,8 @@ pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller))
 /// waited for a free slot): a failure note with `reason`, recorded as any
 /// other outcome.
 pub fn abandon(rt: &Runtime, claimed: Claimed, reason: &str) -> Report {
-    let Claimed {
-        job, info, _lock, ..
-    } = claimed;
-    let claimed = Claimed {
-        job,
-        info,
-        prompt: Err(reason.to_string()),
-        _lock,
-    };
+    let mut claimed = claimed;
+    claimed.prompt = Err(reason.to_string());
     execute(rt, claimed, |_| {})
 }
 

@@ -49,6 +49,14 @@ pub struct Shared {
     next_poll: Instant,
 }
 
+impl Shared {
+    /// The runtime to reach the vault with; `None` while paused or without
+    /// a token.
+    pub fn active_rt(&self) -> Option<Runtime> {
+        if self.paused { None } else { self.rt.clone() }
+    }
+}
+
 /// A run going on, for shutdown and `/metrics`.
 struct Live {
     job_path: String,
@@ -289,7 +297,7 @@ impl Daemon {
             let mut s = self.shared();
             let interval = Duration::from_secs(s.config.poll_interval_seconds);
             s.next_poll = Instant::now() + interval;
-            (if s.paused { None } else { s.rt.clone() }, interval)
+            (s.active_rt(), interval)
         };
         let Some(rt) = rt else {
             log::warn!(
@@ -357,7 +365,7 @@ impl Daemon {
                 .filter(|(_, e)| e.next.is_some_and(|n| n <= now))
                 .map(|(p, _)| p.clone())
                 .collect();
-            (if s.paused { None } else { s.rt.clone() }, due)
+            (s.active_rt(), due)
         };
         let Some(rt) = rt else { return };
         if due.is_empty() {
@@ -479,13 +487,9 @@ impl Daemon {
         }
     }
 
-    /// Starts a worker thread for a claimed run.
-    pub fn spawn_worker(
-        self: &Arc<Self>,
-        rt: Runtime,
-        claimed: Claimed,
-    ) -> std::thread::JoinHandle<Report> {
-        let daemon = Arc::clone(self);
+    /// Counts a claimed run as live (waiting for a permit until it starts),
+    /// for shutdown and `/metrics`.
+    fn track(&self, claimed: &Claimed) {
         self.live().insert(
             claimed.info.run_id.clone(),
             Live {
@@ -493,6 +497,16 @@ impl Daemon {
                 cancel: None,
             },
         );
+    }
+
+    /// Starts a worker thread for a claimed run.
+    pub fn spawn_worker(
+        self: &Arc<Self>,
+        rt: Runtime,
+        claimed: Claimed,
+    ) -> std::thread::JoinHandle<Report> {
+        let daemon = Arc::clone(self);
+        self.track(&claimed);
         std::thread::spawn(move || daemon.work(&rt, claimed))
     }
 
@@ -618,7 +632,7 @@ impl Daemon {
     pub fn run_now(self: &Arc<Self>, path: &str) -> Result<(Runtime, Claimed), RunNowError> {
         let (rt, known, zone) = {
             let s = self.shared();
-            let rt = if s.paused { None } else { s.rt.clone() };
+            let rt = s.active_rt();
             (rt, s.table.contains_key(path), s.config.timezone.clone())
         };
         let rt = rt.ok_or(RunNowError::Paused)?;
@@ -642,13 +656,7 @@ impl Daemon {
             .commit()
             .map_err(|e| RunNowError::Upstream(e.to_string()))?;
         let claimed = claimed.ok_or(RunNowError::Running)?;
-        self.live().insert(
-            claimed.info.run_id.clone(),
-            Live {
-                job_path: claimed.job.path.clone(),
-                cancel: None,
-            },
-        );
+        self.track(&claimed);
         Ok((rt, claimed))
     }
 

@@ -213,9 +213,7 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, Answer> {
 
 fn denied_answer(denied: &Denied) -> Answer {
     match denied {
-        Denied::Unauthorized(message) => {
-            Answer::json(401, json!({ "error": "unauthorized", "message": message }))
-        }
+        Denied::Unauthorized(message) => Answer::error(401, "unauthorized", message.clone()),
         Denied::Forbidden { required, granted } => Answer::json(
             403,
             json!({
@@ -251,10 +249,17 @@ fn health(daemon: &Daemon) -> Answer {
 fn jobs(daemon: &Daemon) -> Answer {
     let (rows, store, disabled) = {
         let s = daemon.shared();
-        let rows: Vec<(String, crate::job::Job, Option<Timestamp>)> = s
+        // Only what the answer shows, not whole jobs (prompts included),
+        // while the scheduler waits for the lock.
+        let rows: Vec<(String, String, bool, Option<Timestamp>)> = s
             .table
             .iter()
-            .filter_map(|(p, e)| e.job.as_ref().ok().map(|j| (p.clone(), j.clone(), e.next)))
+            .filter_map(|(p, e)| {
+                e.job
+                    .as_ref()
+                    .ok()
+                    .map(|j| (p.clone(), j.schedule_text.clone(), j.disabled, e.next))
+            })
             .collect();
         (
             rows,
@@ -265,15 +270,15 @@ fn jobs(daemon: &Daemon) -> Answer {
     let state = store.and_then(|st| st.read().ok()).unwrap_or_default();
     let list: Vec<Value> = rows
         .into_iter()
-        .map(|(path, job, next)| {
+        .map(|(path, schedule, job_disabled, next)| {
             let entry = state.jobs.get(&path);
             let last = entry.and_then(|e| e.last_run.as_ref());
             let running = entry.is_some_and(|e| e.running.is_some());
             json!({
                 "jobPath": path,
-                "schedule": job.schedule_text,
+                "schedule": schedule,
                 "nextRunAt": next.map(|t| format!("{t:.3}")),
-                "disabled": job.disabled || disabled,
+                "disabled": job_disabled || disabled,
                 "lastRunAt": last.map(|l| format!("{:.3}", l.started_at)),
                 "lastRunStatus": if running { Some("running".to_string()) } else { last.map(|l| l.status.clone()) },
                 "lastRunId": last.map(|l| l.run_id.clone()),
@@ -326,10 +331,7 @@ fn runs(daemon: &Daemon, query: &str) -> Answer {
             }
         },
     };
-    let rt = {
-        let s = daemon.shared();
-        if s.paused { None } else { s.rt.clone() }
-    };
+    let rt = daemon.shared().active_rt();
     let Some(rt) = rt else {
         return Answer::error(
             502,
@@ -399,45 +401,41 @@ fn run_now(daemon: &Arc<Daemon>, path: &str, query: &str) -> Answer {
     )
 }
 
+/// 400 `validation_failed`: every problem as `{path, message}`, and all of
+/// them in one message.
+fn validation_failed(errors: &[(String, String)]) -> Answer {
+    let list: Vec<Value> = errors
+        .iter()
+        .map(|(p, m)| json!({ "path": p, "message": m }))
+        .collect();
+    let message = errors
+        .iter()
+        .map(|(p, m)| {
+            if p.is_empty() {
+                m.clone()
+            } else {
+                format!("{p}: {m}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Answer::json(
+        400,
+        json!({ "error": "validation_failed", "message": message, "errors": list }),
+    )
+}
+
 fn put_config(daemon: &Daemon, body: &[u8]) -> Answer {
     let patch = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => m,
         Ok(_) => {
-            return Answer::json(
-                400,
-                json!({"error": "validation_failed", "message": "expected a JSON object", "errors": [{"path": "", "message": "expected a JSON object"}]}),
-            );
+            return validation_failed(&[(String::new(), "expected a JSON object".to_string())]);
         }
-        Err(e) => {
-            return Answer::json(
-                400,
-                json!({"error": "validation_failed", "message": format!("not JSON: {e}"), "errors": [{"path": "", "message": format!("not JSON: {e}")}]}),
-            );
-        }
+        Err(e) => return validation_failed(&[(String::new(), format!("not JSON: {e}"))]),
     };
     match daemon.update_config(&patch) {
         Ok(deferred) => Answer::json(200, json!({ "ok": true, "deferred": deferred })),
-        Err(errors) => {
-            let list: Vec<Value> = errors
-                .iter()
-                .map(|(p, m)| json!({ "path": p, "message": m }))
-                .collect();
-            let message = errors
-                .iter()
-                .map(|(p, m)| {
-                    if p.is_empty() {
-                        m.clone()
-                    } else {
-                        format!("{p}: {m}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            Answer::json(
-                400,
-                json!({ "error": "validation_failed", "message": message, "errors": list }),
-            )
-        }
+        Err(errors) => validation_failed(&errors),
     }
 }
 
