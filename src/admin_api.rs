@@ -1,7 +1,7 @@
 //! The HTTP admin API of `serve` (SPEC §9.2, §9.3) on tiny_http: routing,
 //! the JSON answers, body caps, and a thread per request so one slow
 //! client never holds up another. Authentication is `auth`'s; the work is
-//! the `Daemon`'s.
+//! the `Daemon`'s; the rows of `/runner/jobs` are `jobs`'.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::auth::{Denied, Need};
+use crate::error::Problem;
+use crate::jobs::Row;
 use crate::serve::{Daemon, RunNowError};
 
 /// `.parachute/info` and `.parachute/config/schema`, as shipped.
@@ -249,16 +251,16 @@ fn health(daemon: &Daemon) -> Answer {
 fn jobs(daemon: &Daemon) -> Answer {
     let (rows, store, disabled) = {
         let s = daemon.shared();
-        // Only what the answer shows, not whole jobs (prompts included),
+        // Only what the answer shows, not whole notes (prompts included),
         // while the scheduler waits for the lock.
-        let rows: Vec<(String, String, bool, Option<Timestamp>)> = s
+        let rows: Vec<(String, crate::due::Plan, Option<Timestamp>)> = s
             .table
             .iter()
             .filter_map(|(p, e)| {
-                e.job
+                e.plan
                     .as_ref()
                     .ok()
-                    .map(|j| (p.clone(), j.schedule_text.clone(), j.disabled, e.next))
+                    .map(|plan| (p.clone(), plan.clone(), e.next))
             })
             .collect();
         (
@@ -270,20 +272,7 @@ fn jobs(daemon: &Daemon) -> Answer {
     let state = store.and_then(|st| st.read().ok()).unwrap_or_default();
     let list: Vec<Value> = rows
         .into_iter()
-        .map(|(path, schedule, job_disabled, next)| {
-            let entry = state.jobs.get(&path);
-            let last = entry.and_then(|e| e.last_run.as_ref());
-            let running = entry.is_some_and(|e| e.running.is_some());
-            json!({
-                "jobPath": path,
-                "schedule": schedule,
-                "nextRunAt": next.map(|t| format!("{t:.3}")),
-                "disabled": job_disabled || disabled,
-                "lastRunAt": last.map(|l| format!("{:.3}", l.started_at)),
-                "lastRunStatus": if running { Some("running".to_string()) } else { last.map(|l| l.status.clone()) },
-                "lastRunId": last.map(|l| l.run_id.clone()),
-            })
-        })
+        .map(|(path, plan, next)| Row::new(&path, Ok(plan), next, &state, disabled).api_json())
         .collect();
     Answer::json(200, json!({ "jobs": list }))
 }
@@ -403,20 +392,14 @@ fn run_now(daemon: &Arc<Daemon>, path: &str, query: &str) -> Answer {
 
 /// 400 `validation_failed`: every problem as `{path, message}`, and all of
 /// them in one message.
-fn validation_failed(errors: &[(String, String)]) -> Answer {
+fn validation_failed(errors: &[Problem]) -> Answer {
     let list: Vec<Value> = errors
         .iter()
-        .map(|(p, m)| json!({ "path": p, "message": m }))
+        .map(|p| json!({ "path": p.key, "message": p.message }))
         .collect();
     let message = errors
         .iter()
-        .map(|(p, m)| {
-            if p.is_empty() {
-                m.clone()
-            } else {
-                format!("{p}: {m}")
-            }
-        })
+        .map(Problem::to_string)
         .collect::<Vec<_>>()
         .join("; ");
     Answer::json(
@@ -429,9 +412,9 @@ fn put_config(daemon: &Daemon, body: &[u8]) -> Answer {
     let patch = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => m,
         Ok(_) => {
-            return validation_failed(&[(String::new(), "expected a JSON object".to_string())]);
+            return validation_failed(&[Problem::whole("expected a JSON object")]);
         }
-        Err(e) => return validation_failed(&[(String::new(), format!("not JSON: {e}"))]),
+        Err(e) => return validation_failed(&[Problem::whole(format!("not JSON: {e}"))]),
     };
     match daemon.update_config(&patch) {
         Ok(deferred) => Answer::json(200, json!({ "ok": true, "deferred": deferred })),
@@ -489,7 +472,7 @@ mod tests {
             .map(String::as_str)
             .collect();
         keys.sort();
-        let mut want = crate::config::KEYS.to_vec();
+        let mut want = crate::config::key_names();
         want.sort();
         assert_eq!(keys, want);
         let module: Value =

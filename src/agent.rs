@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Env;
-use crate::sys;
+use crate::os;
 
 /// stdout kept for the note.
 pub const STDOUT_CAP: usize = 8 << 20;
@@ -62,6 +62,16 @@ pub fn child_env(env: &Env) -> Vec<(String, String)> {
         out.push(("PATH".to_string(), DEFAULT_PATH.to_string()));
     }
     out
+}
+
+/// Warns once when running as root without `IS_SANDBOX=1` (the agent
+/// refuses `bypassPermissions` then).
+pub fn warn_if_root(env: &Env) {
+    if os::is_root() && env.get("IS_SANDBOX") != Some("1") {
+        log::warn!(
+            "running as root: claude refuses --permission-mode bypassPermissions as root unless IS_SANDBOX=1; run the runner as an unprivileged user"
+        );
+    }
 }
 
 /// The argv after the binary (SPEC §6.2), in the contract's order.
@@ -206,7 +216,7 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     {
         let tx = tx.clone();
         thread::spawn(move || {
-            if sys::wait_exit_keep_zombie(pid).is_ok() {
+            if os::wait_exit_keep_zombie(pid).is_ok() {
                 let _ = tx.send(Event::Exited);
             }
         });
@@ -236,22 +246,22 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     };
     if !exited {
         // SIGTERM to the group, SIGKILL after the grace period.
-        let _ = sys::kill_group(pid, sys::SIGTERM);
+        let _ = os::kill_group(pid, os::SIGTERM);
         if !wait_for(&rx, KILL_GRACE, &mut readers_left, true) {
-            let _ = sys::kill_group(pid, sys::SIGKILL);
+            let _ = os::kill_group(pid, os::SIGKILL);
             wait_for(&rx, Duration::MAX, &mut readers_left, true);
         }
     }
     // The leader is gone (a zombie, so its group id is still ours). Whatever
     // it left behind in its group goes too: politely, then not.
-    let _ = sys::kill_group(pid, sys::SIGTERM);
+    let _ = os::kill_group(pid, os::SIGTERM);
     if !wait_for(&rx, KILL_GRACE, &mut readers_left, false) {
-        let _ = sys::kill_group(pid, sys::SIGKILL);
+        let _ = os::kill_group(pid, os::SIGKILL);
         // A process that left the group (setsid) may hold the pipes open;
         // do not wait for it forever.
         wait_for(&rx, Duration::from_secs(1), &mut readers_left, false);
     }
-    let _ = sys::kill_group(pid, sys::SIGKILL);
+    let _ = os::kill_group(pid, os::SIGKILL);
     let status = child.wait();
     let exit_code = match stopped {
         Some(Stopped::Timeout) => Some(TIMEOUT_EXIT_CODE),

@@ -235,15 +235,6 @@ pub fn check_scope(claims: &Claims, need: Need) -> Result<(), Denied> {
     }
 }
 
-/// The hub origin from `PARACHUTE_HUB_ORIGIN` (trailing slash removed).
-pub fn hub_origin(value: Option<&str>) -> String {
-    value
-        .unwrap_or("http://127.0.0.1:1939")
-        .trim()
-        .trim_end_matches('/')
-        .to_string()
-}
-
 struct KeyCache {
     keys: Vec<Key>,
     fetched: Option<Instant>,
@@ -311,10 +302,6 @@ impl Auth {
             }),
             verified: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub fn origin(&self) -> &str {
-        &self.origin
     }
 
     /// Checks the `Authorization` header value for a route.
@@ -530,14 +517,5 @@ mod tests {
             })
         );
         assert!(check_scope(&c(&[]), Need::Read).is_err());
-    }
-
-    #[test]
-    fn origin() {
-        assert_eq!(hub_origin(None), "http://127.0.0.1:1939");
-        assert_eq!(
-            hub_origin(Some("https://hub.example/ ")),
-            "https://hub.example"
-        );
     }
 }

@@ -15,7 +15,7 @@ use crate::job::{self, Job};
 use crate::schedule::{Schedule, Zone};
 use crate::template::{self, Vars};
 use crate::vault::{self, NewNote, Note};
-use crate::{auth, secrets, server};
+use crate::{admin_api, auth, secrets};
 
 /// A target: arbitrary bytes in, no panic out.
 pub type Target = fn(&[u8]);
@@ -134,19 +134,11 @@ pub fn config(data: &[u8]) {
         let _ = config::parse_file(&doc);
     }
     let t = text(data);
-    let env = Env::from_pairs(
-        [
-            "PARACHUTE_RUNNER_VAULT_URL",
-            "PARACHUTE_RUNNER_VAULT_NAME",
-            "PARACHUTE_RUNNER_VAULT_TOKEN",
-            "PARACHUTE_RUNNER_POLL_INTERVAL",
-            "PARACHUTE_RUNNER_MAX_CONCURRENT_JOBS",
-            "PARACHUTE_RUNNER_DISABLED",
-            "PARACHUTE_RUNNER_TIMEZONE",
-        ]
-        .map(|k| (k, t.as_str())),
-    );
+    // Every variable the runner reads, set to the same bytes.
+    let env = Env::from_pairs(Env::known().into_iter().map(|k| (k, t.as_str())));
     let _ = config::parse_env(&env);
+    let _ = config::clock(&env);
+    let _ = config::cli_zone(None, &env);
 }
 
 /// A secrets.json document, every entry decrypted with a fixed key.
@@ -183,11 +175,11 @@ pub fn vault_json(data: &[u8]) {
 pub fn http_path(data: &[u8]) {
     let url = text(data);
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let _ = server::route_name(path);
+    let _ = admin_api::route_name(path);
     if let Some(decoded) = crate::percent::decode(path) {
-        let _ = vault::dir::normalize(&decoded);
+        let _ = vault::normalize(&decoded);
     }
     for key in ["since", "limit", "async"] {
-        let _ = server::query_param(query, key);
+        let _ = admin_api::query_param(query, key);
     }
 }

@@ -495,6 +495,22 @@ fn describe(value: &Value) -> String {
     }
 }
 
+/// A checked job for unit tests elsewhere: `path` with `frontmatter`
+/// (YAML lines, each ending in a newline) and `body`.
+#[cfg(test)]
+pub fn test_job(path: &str, frontmatter: &str, body: &str) -> Job {
+    let note = Note {
+        id: "id".into(),
+        path: Some(path.into()),
+        content: format!("---\n{frontmatter}---\n{body}"),
+        ..Note::default()
+    };
+    match Job::from_note(&note, &Zone::utc()) {
+        Ok(job) => job,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

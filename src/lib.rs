@@ -1,37 +1,65 @@
 //! parachute-runner: runs scheduled Claude jobs kept as notes in a
 //! Parachute vault or a folder of markdown files.
 //!
-//! One pass is a pipeline and the modules follow it: `config` (file, env,
-//! `secrets`) → `vault` (REST or directory) → `job` (note → checked job) →
-//! `schedule` (cron → instants) → `state` (due decision, locks, records) →
-//! `agent` (spawn, capture, kill) → `output` (note, delivery, outbox).
-//! `once` and `serve` drive it; `server` and `auth` sit beside `serve`.
+//! One pass is a pipeline and the modules follow it, in the order data
+//! flows: `config` (file, environment, `secrets`) → `vault` (REST or a
+//! directory) → `job` (note → checked job, `template`s) → `schedule` (cron
+//! → instants) → `due` (the pure due decision) → `state` (records and
+//! locks, `instant`s on disk) → `engine` (decide and claim a pass, by the
+//! `clock`) → `run` (one claimed run) → `agent` (spawn, capture, stop,
+//! through `os`) → `note` (the output note) → `deliver` and `outbox`
+//! (writing it, keeping it until written), with `recorder` writing the
+//! outcome and `recover` settling the runs of runners that died.
+//!
+//! `once` and `serve` are the two drivers of the engine; `admin_api`,
+//! `auth`, `metrics` and `registration` sit beside `serve`; `inspect` and
+//! `jobs` are the read-only verbs, `cli` the command line. `files`,
+//! `percent`, `random` and `error` serve them all.
 
-pub mod agent;
-pub mod auth;
-pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod error;
-pub mod files;
+mod admin_api;
+mod agent;
+mod auth;
+mod cli;
+mod clock;
+mod config;
+mod deliver;
+mod due;
+mod engine;
+mod error;
+mod files;
 #[doc(hidden)]
 pub mod fuzz_targets;
-pub mod job;
-pub mod metrics;
-pub mod once;
-pub mod output;
-pub mod percent;
-pub mod random;
-pub mod run;
-pub mod schedule;
-pub mod secrets;
-pub mod serve;
-pub mod server;
-pub mod services;
-pub mod state;
-pub mod sys;
-pub mod template;
-pub mod vault;
+mod inspect;
+mod instant;
+mod job;
+mod jobs;
+mod metrics;
+mod note;
+mod once;
+mod os;
+mod outbox;
+mod percent;
+mod random;
+mod recorder;
+mod recover;
+mod registration;
+mod run;
+mod schedule;
+mod secrets;
+mod serve;
+mod state;
+mod template;
+mod vault;
+
+/// What the integration tests check directly, beside the binary.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::job::{parse_frontmatter, split_frontmatter};
+    pub use crate::schedule::Schedule;
+    pub use crate::secrets::{Secret, SecretStore};
+    pub use crate::vault::dir::DirVault;
+    pub use crate::vault::{Created, NewNote, Vault};
+}
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -54,7 +82,7 @@ where
     I: IntoIterator,
     I::Item: Into<OsString>,
 {
-    sys::limit_malloc_arenas();
+    os::limit_malloc_arenas();
     init_logging();
     let env = Env::os();
     let result = cli::parse(args)
@@ -81,10 +109,10 @@ pub fn run(cmd: Command, env: &Env) -> Result<u8, Error> {
     match cmd {
         Command::Help => print(cli::HELP),
         Command::Version => print(&format!("parachute-runner {}\n", env!("CARGO_PKG_VERSION"))),
-        Command::Next(args) => commands::next(&args, env),
-        Command::Validate(args) => commands::validate(&args, env),
+        Command::Next(args) => inspect::next(&args, env),
+        Command::Validate(args) => inspect::validate(&args, env),
         Command::Once(args) => once::run(&args, env),
-        Command::Jobs(args) => commands::jobs(&args, env),
+        Command::Jobs(args) => jobs::jobs(&args, env),
         Command::Serve(args) => serve::run(&args, env),
     }
 }
@@ -96,18 +124,6 @@ pub fn print(text: &str) -> Result<u8, Error> {
         Ok(()) => Ok(EXIT_OK),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(EXIT_OK),
         Err(e) => Err(Error::Fatal(format!("writing to stdout: {e}"))),
-    }
-}
-
-/// "Now": the clock, or `PARACHUTE_RUNNER_NOW` when set (tests, replays).
-pub fn now(env: &Env) -> Result<Timestamp, Error> {
-    match env.get("PARACHUTE_RUNNER_NOW") {
-        None => Ok(Timestamp::now()),
-        Some(text) => text.parse().map_err(|_| {
-            Error::Fatal(format!(
-                "PARACHUTE_RUNNER_NOW: expected an RFC 3339 instant such as 2026-03-08T07:00:00Z (got {text:?})"
-            ))
-        }),
     }
 }
 

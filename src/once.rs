@@ -1,25 +1,23 @@
 //! `once` (SPEC §8): one pass of the pipeline, for cron and systemd timers.
-//! Settle dead runs and deliver the outbox, list the jobs, decide under
-//! the state lock, run the due ones (at most `max_concurrent_jobs` at a
-//! time), print a line per job and the summary, exit 0, 1 or 2.
+//! Settle dead runs and deliver the outbox, list the jobs, decide and claim
+//! (`engine`), run the due ones (at most `max_concurrent_jobs` at a time),
+//! print a line per job and the summary, exit 0, 1 or 2. Also `--dry-run`.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::cli::OnceArgs;
+use crate::cli::{Common, OnceArgs};
 use crate::config::{self, Config, Env, Overrides};
+use crate::due::{self, Decision, Trigger};
+use crate::engine::{self, Manual, Runtime, Scope, Verdict};
 use crate::error::Error;
 use crate::job::{Job, JobError};
-use crate::run::{self, Claimed, Clock, Report, Runtime};
-use crate::state::{self, Decision, Plan, Policy, Trigger};
-use crate::vault::{self, Note, Timeouts};
-use crate::{EXIT_JOB_FAILED, EXIT_OK, sys};
+use crate::run::{self, Claimed, Report};
+use crate::{EXIT_JOB_FAILED, EXIT_OK, agent, os, recover};
 
 /// What happened to one job in this pass.
 #[derive(Debug)]
@@ -38,213 +36,90 @@ enum Line {
     },
 }
 
-/// The shared start of every vault verb: config, clock, vault.
-pub fn setup(common: &crate::cli::Common, env: &Env) -> Result<(Config, Runtime), Error> {
+/// The shared start of every vault verb: config (with the clock and the
+/// environment), then the vault.
+pub fn setup(common: &Common, env: &Env) -> Result<(Config, Runtime), Error> {
     let overrides = Overrides {
         config: common.config.clone(),
         vault_dir: common.vault_dir.clone(),
         poll_interval: None,
     };
     let config = config::load(env, &overrides)?;
-    let clock = Clock::from_env(env)?;
-    let vault = vault::open(&config, http_timeouts(env)?).map_err(Error::Fatal)?;
-    let rt = Runtime::new(&config, vault, env, clock);
+    let rt = Runtime::open(&config).map_err(Error::Fatal)?;
     Ok((config, rt))
-}
-
-/// `PARACHUTE_RUNNER_HTTP_TIMEOUT`: seconds for one vault request.
-pub fn http_timeouts(env: &Env) -> Result<Timeouts, Error> {
-    let mut t = Timeouts::default();
-    if let Some(text) = env.get("PARACHUTE_RUNNER_HTTP_TIMEOUT") {
-        let secs: u64 = text
-            .trim()
-            .parse()
-            .ok()
-            .filter(|s| (1..=3600).contains(s))
-            .ok_or_else(|| {
-                Error::Fatal(format!(
-                    "PARACHUTE_RUNNER_HTTP_TIMEOUT: expected seconds from 1 to 3600 (got {text:?})"
-                ))
-            })?;
-        t.request = Duration::from_secs(secs);
-        t.connect = t.connect.min(t.request);
-    }
-    Ok(t)
-}
-
-/// Warns once when running as root without `IS_SANDBOX=1` (the agent
-/// refuses `bypassPermissions` then).
-pub fn warn_if_root(env: &Env) {
-    if sys::is_root() && env.get("IS_SANDBOX") != Some("1") {
-        log::warn!(
-            "running as root: claude refuses --permission-mode bypassPermissions as root unless IS_SANDBOX=1; run the runner as an unprivileged user"
-        );
-    }
 }
 
 pub fn run(args: &OnceArgs, env: &Env) -> Result<u8, Error> {
     let (config, mut rt) = setup(&args.common, env)?;
     rt.date_override = args.date;
-    sys::raise_fd_limit();
-    warn_if_root(env);
+    os::raise_fd_limit();
+    agent::warn_if_root(env);
     if args.dry_run {
-        return dry_run(args, &config, &rt);
+        return dry_run(args, &rt);
     }
     let json = args.json;
     let lines = match &args.only {
-        Some(path) => run_only(&rt, &config, path, json)?,
-        None => run_scheduled(&rt, &config, json)?,
+        Some(path) => run_only(&rt, path, json)?,
+        None => run_scheduled(&rt, config.max_concurrent_jobs, json)?,
     };
     finish(&lines, json)
 }
 
-/// Delivers the outbox (a no-op when it is empty), without settling.
-fn sweep(rt: &Runtime) {
-    report_swept(
-        &rt.outbox
-            .sweep(rt.vault.as_ref(), || run::running_in(&rt.store)),
-    );
-}
-
-fn report_swept(swept: &crate::output::Swept) {
-    if swept.failed > 0 {
-        log::warn!("outbox: {} output(s) still queued", swept.failed);
-    }
-}
-
 /// `--only`: that one job, now, whatever its schedule.
-fn run_only(rt: &Runtime, config: &Config, path: &str, json: bool) -> Result<Vec<Line>, Error> {
-    report_swept(&run::settle_and_deliver(rt).map_err(|e| Error::Fatal(e.to_string()))?);
+fn run_only(rt: &Runtime, path: &str, json: bool) -> Result<Vec<Line>, Error> {
+    recover::settle(rt)?;
+    rt.deliver_outbox();
     let note = rt
         .vault
-        .get_note(path)
-        .map_err(|e| Error::Fatal(e.to_string()))?
+        .get_note(path)?
         .ok_or_else(|| Error::Fatal(format!("no note at {path} in {}", rt.vault.describe())))?;
-    let job = match Job::from_note(&note, &config.timezone) {
-        Ok(job) => job,
-        Err(e) => {
+    match engine::claim_now(rt, &note, Trigger::Manual)? {
+        Manual::Claimed(claimed) => Ok(execute_all(rt, vec![*claimed], 1, json)),
+        Manual::Invalid(e) => {
             print_line(&e.to_string(), json);
-            return Ok(vec![Line::Invalid(e)]);
+            Ok(vec![Line::Invalid(e)])
         }
-    };
-    let now = rt.clock.now();
-    let (info, prompt) = run::prepare(&job, Trigger::Manual, None, now, rt.date_override);
-    let mut locked = rt.store.lock().map_err(|e| Error::Fatal(e.to_string()))?;
-    let claimed = run::claim(&rt.store, &mut locked, job.clone(), info, prompt)
-        .map_err(|e| Error::Fatal(e.to_string()))?;
-    locked.commit().map_err(|e| Error::Fatal(e.to_string()))?;
-    let Some(claimed) = claimed else {
-        log::info!("skipped: {}: still running", job.path);
-        print_line(&format!("skipped: {}: still running", job.path), json);
-        return Ok(vec![skipped(&job.path, "still running".to_string())]);
-    };
-    Ok(execute_all(rt, vec![claimed], 1, json))
+        Manual::Running => {
+            let path = note.path_or_id();
+            log::info!("skipped: {path}: still running");
+            print_line(&format!("skipped: {path}: still running"), json);
+            Ok(vec![skipped(path, "still running".to_string())])
+        }
+    }
 }
 
-/// Every job, by the due decision: deliver the outbox, list, decide (one
-/// state read serves the settling of dead runs and the decisions), deliver
-/// what the settling queued, run.
-fn run_scheduled(rt: &Runtime, config: &Config, json: bool) -> Result<Vec<Line>, Error> {
-    sweep(rt);
-    let notes = rt
-        .vault
-        .list_jobs()
-        .map_err(|e| Error::Fatal(e.to_string()))?;
+/// Every job, by the due decision: deliver the outbox, list, decide and
+/// claim (the engine settles dead runs in the same pass), deliver what the
+/// settling queued, run.
+fn run_scheduled(rt: &Runtime, workers: usize, json: bool) -> Result<Vec<Line>, Error> {
+    rt.deliver_outbox();
+    let notes = rt.vault.list_jobs()?;
     let now = rt.clock.now();
-    let policy = Policy {
-        poll_interval_seconds: config.poll_interval_seconds,
-        globally_disabled: config.disabled,
-    };
-    let listed: HashSet<&str> = notes.iter().map(Note::path_or_id).collect();
+    let pass = engine::claim_due(rt, &notes, now, Scope::All)?;
+    rt.deliver_outbox();
     let mut lines = Vec::new();
-    let mut claimed = Vec::new();
-    let mut zones = HashMap::new();
-    {
-        let mut locked = rt.store.lock().map_err(|e| Error::Fatal(e.to_string()))?;
-        // Entries of jobs that are gone (not while a run of theirs goes on):
-        // a job created again later starts afresh instead of catching up.
-        locked
-            .state
-            .jobs
-            .retain(|path, e| listed.contains(path.as_str()) || e.running.is_some());
-        run::recover(rt, &mut locked);
-        for note in &notes {
-            let path = note.path_or_id();
-            let hash =
-                state::note_hash(&note.content, note.metadata.as_ref(), &config.timezone.name);
-            let mut entry = locked.state.jobs.remove(path);
-            // An unchanged note is decided from what the last pass kept of
-            // it; only a changed one (or a due one, below) is parsed.
-            let remembered = entry
-                .as_ref()
-                .and_then(|e| Plan::remembered(e, &hash, &mut zones));
-            let (plan, mut parsed) = match remembered {
-                Some(plan) => (plan, None),
-                None => match Job::from_note(note, &config.timezone) {
-                    Ok(job) => (Plan::from(&job), Some(job)),
-                    Err(e) => {
-                        if let Some(entry) = entry {
-                            locked.state.jobs.insert(path.to_string(), entry);
-                        }
-                        lines.push(Line::Invalid(e));
-                        continue;
-                    }
-                },
-            };
-            let decision = state::decide(&plan, &mut entry, now, policy);
-            if let Some(mut entry) = entry {
-                entry.note = Some(plan.seen(hash));
-                locked.state.jobs.insert(path.to_string(), entry);
-            }
-            match decision {
-                Decision::Run { slot, trigger } => {
-                    let job = match parsed
-                        .take()
-                        .map_or_else(|| Job::from_note(note, &config.timezone), Ok)
-                    {
-                        Ok(job) => job,
-                        Err(e) => {
-                            lines.push(Line::Invalid(e));
-                            continue;
-                        }
-                    };
-                    let (info, prompt) =
-                        run::prepare(&job, trigger, Some(slot), now, rt.date_override);
-                    match run::claim(&rt.store, &mut locked, job, info, prompt) {
-                        Ok(Some(c)) => claimed.push(c),
-                        Ok(None) => {
-                            log::info!("skipped: {path}: still running");
-                            lines.push(skipped(path, "still running".to_string()));
-                        }
-                        Err(e) => lines.push(skipped(path, format!("cannot take its lock: {e}"))),
-                    }
-                }
-                Decision::SkipLate { slot } => {
-                    let reason = format!("late slot {slot} skipped (catch_up: false)");
-                    log::info!("{path}: {reason}");
-                    lines.push(skipped(path, reason));
-                }
-                other => lines.push(Line::Quiet {
-                    path: path.to_string(),
-                    decision: quiet_name(&other),
-                }),
-            }
-        }
-        locked.commit().map_err(|e| Error::Fatal(e.to_string()))?;
-    }
-    sweep(rt);
     // Printed once the state lock is released: a slow reader of our stdout
     // must not hold up other runners.
-    for line in &lines {
-        match line {
-            Line::Invalid(e) => print_line(&e.to_string(), json),
-            Line::Skipped { path, reason } => {
-                print_line(&format!("skipped: {path}: {reason}"), json)
+    for looked in pass.looked {
+        let path = looked.path;
+        match looked.verdict {
+            Verdict::Claimed => {}
+            Verdict::Invalid(e) => {
+                print_line(&e.to_string(), json);
+                lines.push(Line::Invalid(e));
             }
-            _ => {}
+            Verdict::Skipped(reason) => {
+                log::info!("skipped: {path}: {reason}");
+                print_line(&format!("skipped: {path}: {reason}"), json);
+                lines.push(Line::Skipped { path, reason });
+            }
+            Verdict::Quiet(decision) => lines.push(Line::Quiet {
+                path,
+                decision: quiet_name(&decision),
+            }),
         }
     }
-    lines.extend(execute_all(rt, claimed, config.max_concurrent_jobs, json));
+    lines.extend(execute_all(rt, pass.claimed, workers, json));
     Ok(lines)
 }
 
@@ -381,32 +256,20 @@ fn line_json(line: &Line) -> Value {
 
 /// `--dry-run`: each job's decision, next fire time and rendered output
 /// path. Reads state, changes nothing, runs nothing.
-fn dry_run(args: &OnceArgs, config: &Config, rt: &Runtime) -> Result<u8, Error> {
+fn dry_run(args: &OnceArgs, rt: &Runtime) -> Result<u8, Error> {
     let now = rt.clock.now();
     let notes = match &args.only {
-        Some(path) => vec![
-            rt.vault
-                .get_note(path)
-                .map_err(|e| Error::Fatal(e.to_string()))?
-                .ok_or_else(|| {
-                    Error::Fatal(format!("no note at {path} in {}", rt.vault.describe()))
-                })?,
-        ],
-        None => rt
-            .vault
-            .list_jobs()
-            .map_err(|e| Error::Fatal(e.to_string()))?,
+        Some(path) => vec![rt.vault.get_note(path)?.ok_or_else(|| {
+            Error::Fatal(format!("no note at {path} in {}", rt.vault.describe()))
+        })?],
+        None => rt.vault.list_jobs()?,
     };
-    let state = rt.store.read().map_err(|e| Error::Fatal(e.to_string()))?;
-    let policy = Policy {
-        poll_interval_seconds: config.poll_interval_seconds,
-        globally_disabled: config.disabled,
-    };
+    let state = rt.store.read()?;
     let mut rows: BTreeMap<String, Value> = BTreeMap::new();
     let mut text = String::new();
     let mut invalid = 0;
     for note in &notes {
-        let job = match Job::from_note(note, &config.timezone) {
+        let job = match Job::from_note(note, &rt.default_zone) {
             Ok(job) => job,
             Err(e) => {
                 invalid += 1;
@@ -425,7 +288,7 @@ fn dry_run(args: &OnceArgs, config: &Config, rt: &Runtime) -> Result<u8, Error> 
                 trigger: Trigger::Manual,
             }
         } else {
-            state::decide(&(&job).into(), &mut entry, now, policy)
+            due::decide(&(&job).into(), &mut entry, now, rt.policy)
         };
         let (what, slot, trigger) = match &decision {
             Decision::Run { slot, trigger } => ("would run", Some(*slot), Some(*trigger)),
@@ -480,9 +343,4 @@ fn dry_run(args: &OnceArgs, config: &Config, rt: &Runtime) -> Result<u8, Error> 
     } else {
         EXIT_OK
     })
-}
-
-/// The instant `t` as RFC 3339 UTC without fractions, for listings.
-pub fn instant(t: Timestamp) -> String {
-    format!("{t:.0}")
 }

@@ -1,5 +1,8 @@
-//! The only `unsafe` in the crate: process-group signals and waiting for a
-//! child's exit without reaping it, through libc.
+//! The one small OS module, and the only `unsafe` in the crate: signals
+//! to process groups, waiting for a child's exit without reaping it, the
+//! effective uid, the open-file limit and glibc's malloc arenas; and the
+//! `/proc` readers (a process's group and start time, the boot id, group
+//! members, processes by argv) that the stopping of agents relies on.
 //!
 //! Waiting without reaping matters: while the exited leader is a zombie its
 //! pid cannot be reused, so signalling its process group afterwards can
@@ -124,6 +127,8 @@ pub fn processes_with_arg(arg: &str) -> Vec<(u32, u32)> {
 /// an arena of its own (up to 8 per core), and `serve` starts a thread per
 /// request: memory then creeps up with every new thread until the cap is
 /// reached. Two arenas keep it flat at no measurable cost for this load.
+/// glibc only: other C libraries (musl) have no arenas to cap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn limit_malloc_arenas() {
     // SAFETY: mallopt only sets an allocator parameter; it is called once
     // at start, before any other thread exists.
@@ -131,3 +136,7 @@ pub fn limit_malloc_arenas() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+/// Not glibc: nothing to do.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn limit_malloc_arenas() {}

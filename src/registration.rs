@@ -49,7 +49,7 @@ pub fn upsert(old: Option<&Value>, row: &Row<'_>) -> Result<Value, String> {
     ours.insert("health".into(), json!("/runner/healthz"));
     ours.insert("version".into(), json!(row.version));
     ours.insert("displayName".into(), json!("Runner"));
-    ours.insert("tagline".into(), json!(crate::server::TAGLINE));
+    ours.insert("tagline".into(), json!(crate::admin_api::TAGLINE));
     ours.insert("installDir".into(), json!(row.install_dir));
     match index {
         Some(i) => services[i] = Value::Object(ours),

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::faults::check_invariants;
-use crate::once::{World, job};
 use crate::serve::start;
 use crate::support::fake_claude::FakeClaude;
 use crate::support::fake_hub::FakeHub;
+use crate::support::world::{World, job};
 
 pub struct Figures {
     pub slots_expected: usize,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use parachute_runner::schedule::Schedule;
+use parachute_runner::testing::Schedule;
 use serde_json::Value;
 
 use crate::support::Runner;

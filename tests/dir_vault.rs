@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
-use parachute_runner::job;
-use parachute_runner::vault::dir::DirVault;
-use parachute_runner::vault::{Created, NewNote, Vault};
+use parachute_runner::testing::DirVault;
+use parachute_runner::testing::{Created, NewNote, Vault};
+use parachute_runner::testing::{parse_frontmatter, split_frontmatter};
 use serde_json::{Map, Value, json};
 
-use crate::once::walk;
 use crate::support::fake_claude::{self, FakeClaude};
+use crate::support::world::walk;
 use crate::support::{Runner, TempDir};
 
 const JOB: &str = "schedule: \"* * * * *\"\nmodel: test-model\nallowed_tools: [Read, Grep]\n";
@@ -193,9 +193,9 @@ fn a_run_writes_a_note_file_that_reads_back_as_a_note() {
         text.starts_with("---\ntags:\n- job-run\n- brief\n- '#x'\n"),
         "{text}"
     );
-    let split = job::split_frontmatter(&text).unwrap();
+    let split = split_frontmatter(&text).unwrap();
     assert_eq!(split.body, "Line one\n---\nline: two\n");
-    let front = job::parse_frontmatter(split.yaml.unwrap()).unwrap();
+    let front = parse_frontmatter(split.yaml.unwrap()).unwrap();
     assert_eq!(front["tags"], json!(["job-run", "brief", "#x"]));
     let run_id = front["run_id"].as_str().unwrap();
     assert_eq!(file.file_stem().unwrap().to_str().unwrap(), run_id);
@@ -255,7 +255,7 @@ fn output_files_are_never_overwritten_even_by_racing_writers() {
         let text = std::fs::read_to_string(dir.join(format!("out/r{round}.md"))).unwrap();
         let writer = if text.contains("from writer 0") { 0 } else { 1 };
         assert_eq!(
-            job::split_frontmatter(&text).unwrap().body,
+            split_frontmatter(&text).unwrap().body,
             format!("from writer {writer}\n").repeat(1000)
         );
     }

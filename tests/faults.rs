@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::once::{World, eventually, job};
 use crate::support::fake_claude::{self, FakeClaude};
 use crate::support::fake_vault::{Fault, Route};
+use crate::support::world::{World, eventually, job};
 
 /// What a world holds after a scenario.
 #[derive(Debug, Default)]

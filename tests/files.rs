@@ -8,11 +8,11 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::once::{World, job, walk};
 use crate::serve::start;
 use crate::support::fake_claude::{self, FakeClaude};
 use crate::support::fake_hub::FakeHub;
 use crate::support::fake_vault::{Fault, Route};
+use crate::support::world::{World, job, walk};
 
 const SECRET: &str = "pvt_this_must_never_leak_0123456789";
 

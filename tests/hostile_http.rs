@@ -12,10 +12,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::json;
 
-use crate::once::{World, job};
 use crate::serve::start;
 use crate::support::fake_claude::FakeClaude;
 use crate::support::fake_hub::{self, FakeHub};
+use crate::support::world::{World, job};
 
 /// VmHWM and VmRSS of a process, in KiB.
 pub fn memory_kib(pid: u32) -> (u64, u64) {

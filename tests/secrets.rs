@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use parachute_runner::secrets::{Secret, SecretStore};
+use parachute_runner::testing::{Secret, SecretStore};
 
 use crate::support::fake_vault::FakeVault;
 use crate::support::{Runner, TempDir};

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::once::{World, eventually, job};
 use crate::support::fake_claude::{self, FakeClaude};
 use crate::support::fake_hub::{self, FakeHub, KID};
+use crate::support::world::{World, eventually, job};
 
 /// A running `serve` with its hub.
 pub struct Served {

@@ -9,12 +9,12 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{AgentSetup, Created, NewNote, Newest, Note, Vault, VaultError};
+use super::{AgentSetup, Created, NewNote, Newest, Note, Vault, VaultError, normalize};
 use crate::files;
 use crate::job;
 
@@ -214,28 +214,6 @@ impl Vault for DirVault {
     }
 }
 
-/// The vault's path rules (vault-api.md): trimmed, a trailing `.md`
-/// removed, leading and trailing `/` removed, `//` collapsed. `None` for a
-/// path that would leave the folder or is empty.
-pub fn normalize(path: &str) -> Option<String> {
-    let t = path.trim();
-    let t = t.strip_suffix(".md").unwrap_or(t);
-    let parts: Vec<&str> = t.split('/').filter(|p| !p.is_empty()).collect();
-    if parts.is_empty()
-        || parts
-            .iter()
-            .any(|p| *p == "." || *p == ".." || p.contains('\0'))
-    {
-        return None;
-    }
-    let joined = parts.join("/");
-    // Belt and braces: the result must be a plain relative path.
-    Path::new(&joined)
-        .components()
-        .all(|c| matches!(c, Component::Normal(_)))
-        .then_some(joined)
-}
-
 /// The text of an output file: frontmatter with `tags` then the metadata
 /// keys, then the content.
 pub fn render_file(note: &NewNote) -> io::Result<String> {
@@ -300,19 +278,6 @@ fn read_limited(file: &Path) -> io::Result<String> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn normalization() {
-        assert_eq!(
-            normalize(" /jobs//runs/x.md/ ").as_deref(),
-            Some("jobs/runs/x.md")
-        );
-        assert_eq!(normalize("jobs//runs/x.md").as_deref(), Some("jobs/runs/x"));
-        assert_eq!(normalize("/a/b/").as_deref(), Some("a/b"));
-        for bad in ["", "/", "../x", "a/../../x", "a/./b", "a\0b"] {
-            assert_eq!(normalize(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn output_file_round_trips_as_a_note() {

@@ -3,13 +3,14 @@
 //! `Vault` is the one small interface the drivers (`once`, `serve`, `jobs`)
 //! use; `rest` speaks the Parachute vault's HTTP API (vault-api.md) and `dir`
 //! works on a plain folder of markdown files (SPEC §10). Nothing outside this
-//! module knows which one it talks to.
+//! module knows which one it talks to. Also the vault's path rules
+//! (`normalize`), which both backends and a run's output path follow.
 
 pub mod dir;
 pub mod rest;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -239,5 +240,45 @@ impl Newest {
     pub(crate) fn finish(mut self) -> Vec<Note> {
         self.trim();
         self.notes
+    }
+}
+
+/// The vault's path rules (vault-api.md): trimmed, a trailing `.md`
+/// removed, leading and trailing `/` removed, `//` collapsed. `None` for a
+/// path that would leave the folder or is empty.
+pub fn normalize(path: &str) -> Option<String> {
+    let t = path.trim();
+    let t = t.strip_suffix(".md").unwrap_or(t);
+    let parts: Vec<&str> = t.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty()
+        || parts
+            .iter()
+            .any(|p| *p == "." || *p == ".." || p.contains('\0'))
+    {
+        return None;
+    }
+    let joined = parts.join("/");
+    // Belt and braces: the result must be a plain relative path.
+    Path::new(&joined)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+        .then_some(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization() {
+        assert_eq!(
+            normalize(" /jobs//runs/x.md/ ").as_deref(),
+            Some("jobs/runs/x.md")
+        );
+        assert_eq!(normalize("jobs//runs/x.md").as_deref(), Some("jobs/runs/x"));
+        assert_eq!(normalize("/a/b/").as_deref(), Some("a/b"));
+        for bad in ["", "/", "../x", "a/../../x", "a/./b", "a\0b"] {
+            assert_eq!(normalize(bad), None, "{bad:?}");
+        }
     }
 }

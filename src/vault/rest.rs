@@ -6,8 +6,6 @@
 //! ever put in the Authorization header: never in a URL, a log line or an
 //! error.
 
-use std::time::Duration;
-
 use jiff::Timestamp;
 use serde_json::Value;
 
@@ -322,10 +320,6 @@ fn unreachable(what: &str, e: &ureq::Error) -> VaultError {
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
-
-/// Backoff before each retry of a transient failure (SPEC §6.4: 3 tries
-/// within about 10 s).
-pub const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 pub mod fake_claude;
 pub mod fake_hub;
 pub mod fake_vault;
+pub mod world;
 
 use std::ffi::OsStr;
 use std::io::Write;

@@ -1,0 +1,302 @@
+//! One pass of the pipeline, for both drivers (`once`, `serve`): the
+//! runtime a process shares, the decision over listed notes and the claim
+//! of each due slot, and the claim of a run started by hand.
+//!
+//! The rule "each slot fires exactly once" lives here and only here: a
+//! slot is decided under the state lock, claimed by taking the job's own
+//! lock and recording `running`, and `checked_through` is committed before
+//! any run starts. Running a claimed job is `run`'s; settling the runs of
+//! dead runners is `recover`'s.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+
+use crate::agent;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::due::{self, Decision, Plan, Policy, Trigger};
+use crate::job::{Job, JobError};
+use crate::outbox::{Outbox, Swept};
+use crate::recorder::Recorder;
+use crate::recover;
+use crate::run::{self, Claimed};
+use crate::schedule::Zone;
+use crate::state::{Locked, StateError, Store};
+use crate::vault::{self, Note, Vault};
+
+/// What every run of a process shares.
+#[derive(Clone)]
+pub struct Runtime {
+    pub vault: Arc<dyn Vault>,
+    pub store: Store,
+    pub outbox: Outbox,
+    pub claude_bin: String,
+    pub child_env: Vec<(String, String)>,
+    pub clock: Clock,
+    /// `--date`: replaces `{{date}}` and `{{yesterday}}`.
+    pub date_override: Option<Date>,
+    /// The zone of jobs that name none.
+    pub default_zone: Zone,
+    pub policy: Policy,
+    pub recorder: Arc<Recorder>,
+}
+
+impl Runtime {
+    /// The runtime for a configuration. `Err` (the reason) when a REST
+    /// vault has no token.
+    pub fn open(config: &Config) -> Result<Runtime, String> {
+        let vault = vault::open(config, config.http)?;
+        Ok(Runtime {
+            vault,
+            store: Store::new(&config.paths.runner_dir),
+            outbox: Outbox::new(&config.paths.runner_dir),
+            claude_bin: resolve_program(&config.claude_bin),
+            child_env: agent::child_env(&config.env),
+            clock: config.clock,
+            date_override: None,
+            default_zone: config.timezone.clone(),
+            policy: Policy::from(config),
+            recorder: Arc::new(Recorder::default()),
+        })
+    }
+
+    /// Where each run's private files (its MCP config) live.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.store.dir().join(run::TMP_DIR)
+    }
+
+    /// Delivers the outbox, oldest first (a no-op when it is empty). An
+    /// entry of a run still marked running is left to that run.
+    pub fn deliver_outbox(&self) -> Swept {
+        let swept = self
+            .outbox
+            .sweep(self.vault.as_ref(), || recover::running_in(&self.store));
+        if swept.failed > 0 {
+            log::warn!("outbox: {} output(s) still queued", swept.failed);
+        }
+        swept
+    }
+}
+
+impl From<&Config> for Policy {
+    fn from(config: &Config) -> Policy {
+        Policy {
+            poll_interval_seconds: config.poll_interval_seconds,
+            globally_disabled: config.disabled,
+        }
+    }
+}
+
+/// A program named by a relative path (`bin/claude`) is made absolute
+/// now: the agent may run in another directory (the directory vault's).
+/// A bare name (`claude`) is left for the PATH lookup.
+fn resolve_program(bin: &str) -> String {
+    if bin.contains('/') {
+        crate::config::absolute(std::path::Path::new(bin))
+            .display()
+            .to_string()
+    } else {
+        bin.to_string()
+    }
+}
+
+/// Which notes a pass decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole listing: state entries of jobs no longer listed are
+    /// dropped, and the runs of dead runners are settled first.
+    All,
+    /// Some jobs only (serve re-reading the due ones at fire time).
+    Some,
+}
+
+/// What a pass did with one note that was not claimed.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Claimed: its run is in `Pass::claimed`.
+    Claimed,
+    Invalid(JobError),
+    /// Not run, for a reason worth a line.
+    Skipped(String),
+    /// Not due, disabled, manual or new: nothing to say.
+    Quiet(Decision),
+}
+
+/// One note as a pass saw it.
+#[derive(Debug)]
+pub struct Looked {
+    pub path: String,
+    /// What the decision was made from (`None` for an invalid note).
+    pub plan: Option<Plan>,
+    pub verdict: Verdict,
+}
+
+/// The outcome of a pass: the runs it claimed (their `running` entries are
+/// committed, their job locks held) and what it found for every note.
+pub struct Pass {
+    pub claimed: Vec<Claimed>,
+    pub looked: Vec<Looked>,
+}
+
+/// Decides `notes` at `now` and claims every due slot.
+///
+/// Notes are parsed outside the state lock: a first look under the lock
+/// finds the notes whose plan is not remembered (new or changed) or that
+/// look due (their job is needed); those are parsed with the lock
+/// released, then the decision is made under the lock. A pass where
+/// nothing changed and nothing is due takes the lock once.
+pub fn claim_due(
+    rt: &Runtime,
+    notes: &[Note],
+    now: Timestamp,
+    scope: Scope,
+) -> Result<Pass, StateError> {
+    let hashes: Vec<String> = notes
+        .iter()
+        .map(|n| due::note_hash(&n.content, n.metadata.as_ref(), &rt.default_zone.name))
+        .collect();
+    let mut zones = HashMap::new();
+    let mut parsed: HashMap<usize, Result<Job, JobError>> = HashMap::new();
+    let mut locked = rt.store.lock()?;
+    let wanted: Vec<usize> = (0..notes.len())
+        .filter(|&i| {
+            let entry = locked.state.jobs.get(notes[i].path_or_id());
+            match entry.and_then(|e| Plan::remembered(e, &hashes[i], &mut zones)) {
+                None => true,
+                Some(plan) => {
+                    let mut entry = entry.cloned();
+                    matches!(
+                        due::decide(&plan, &mut entry, now, rt.policy),
+                        Decision::Run { .. }
+                    )
+                }
+            }
+        })
+        .collect();
+    if !wanted.is_empty() {
+        drop(locked);
+        for i in wanted {
+            parsed.insert(i, Job::from_note(&notes[i], &rt.default_zone));
+        }
+        locked = rt.store.lock()?;
+    }
+    if scope == Scope::All {
+        let listed: HashSet<&str> = notes.iter().map(Note::path_or_id).collect();
+        // Entries of jobs that are gone (not while a run of theirs goes
+        // on): a job created again later starts afresh instead of catching
+        // up.
+        locked
+            .state
+            .jobs
+            .retain(|path, e| listed.contains(path.as_str()) || e.running.is_some());
+        recover::recover(rt, &mut locked);
+    }
+    let mut pass = Pass {
+        claimed: Vec::new(),
+        looked: Vec::with_capacity(notes.len()),
+    };
+    for (i, note) in notes.iter().enumerate() {
+        let path = note.path_or_id();
+        let mut job = || {
+            parsed
+                .remove(&i)
+                .unwrap_or_else(|| Job::from_note(note, &rt.default_zone))
+        };
+        let mut entry = locked.state.jobs.remove(path);
+        // An unchanged note is decided from what the last pass kept of it.
+        let remembered = entry
+            .as_ref()
+            .and_then(|e| Plan::remembered(e, &hashes[i], &mut zones));
+        let (plan, mut parsed_job) = match remembered {
+            Some(plan) => (plan, None),
+            None => match job() {
+                Ok(job) => (Plan::from(&job), Some(job)),
+                Err(e) => {
+                    if let Some(entry) = entry {
+                        locked.state.jobs.insert(path.to_string(), entry);
+                    }
+                    pass.looked.push(Looked {
+                        path: path.to_string(),
+                        plan: None,
+                        verdict: Verdict::Invalid(e),
+                    });
+                    continue;
+                }
+            },
+        };
+        let decision = due::decide(&plan, &mut entry, now, rt.policy);
+        if let Some(mut entry) = entry {
+            entry.note = Some(plan.seen(hashes[i].clone()));
+            locked.state.jobs.insert(path.to_string(), entry);
+        }
+        let verdict = match decision {
+            Decision::Run { slot, trigger } => match parsed_job.take().map_or_else(job, Ok) {
+                Ok(job) => claim_slot(rt, &mut locked, job, trigger, Some(slot), now, &mut pass),
+                Err(e) => Verdict::Invalid(e),
+            },
+            Decision::SkipLate { slot } => {
+                Verdict::Skipped(format!("late slot {slot} skipped (catch_up: false)"))
+            }
+            other => Verdict::Quiet(other),
+        };
+        pass.looked.push(Looked {
+            path: path.to_string(),
+            plan: Some(plan),
+            verdict,
+        });
+    }
+    if let Err(e) = locked.commit() {
+        // Not committed: nothing may run (another runner could decide the
+        // same slots). Dropping the claims releases their job locks.
+        pass.claimed.clear();
+        return Err(e);
+    }
+    Ok(pass)
+}
+
+/// Claims one run of `job` while the caller holds the state lock.
+fn claim_slot(
+    rt: &Runtime,
+    locked: &mut Locked,
+    job: Job,
+    trigger: Trigger,
+    slot: Option<Timestamp>,
+    now: Timestamp,
+    pass: &mut Pass,
+) -> Verdict {
+    let (info, prompt) = run::prepare(&job, trigger, slot, now, rt.date_override);
+    match run::claim(&rt.store, locked, job, info, prompt) {
+        Ok(Some(claimed)) => {
+            pass.claimed.push(claimed);
+            Verdict::Claimed
+        }
+        Ok(None) => Verdict::Skipped("still running".to_string()),
+        Err(e) => Verdict::Skipped(format!("cannot take its lock: {e}")),
+    }
+}
+
+/// A run started by hand (`once --only`, run-now), whatever the schedule.
+pub enum Manual {
+    Claimed(Box<Claimed>),
+    Invalid(JobError),
+    /// The job is running already.
+    Running,
+}
+
+/// Claims a run of the job in `note` now, for `trigger` (manual or http).
+/// Takes no slot: the schedule is left as it is.
+pub fn claim_now(rt: &Runtime, note: &Note, trigger: Trigger) -> Result<Manual, StateError> {
+    let job = match Job::from_note(note, &rt.default_zone) {
+        Ok(job) => job,
+        Err(e) => return Ok(Manual::Invalid(e)),
+    };
+    let (info, prompt) = run::prepare(&job, trigger, None, rt.clock.now(), rt.date_override);
+    let mut locked = rt.store.lock()?;
+    let claimed = run::claim(&rt.store, &mut locked, job, info, prompt)?;
+    locked.commit()?;
+    Ok(claimed.map_or(Manual::Running, |c| Manual::Claimed(Box::new(c))))
+}

@@ -1,0 +1,188 @@
+//! The jobs and what state says of them, joined into rows: the `jobs` verb
+//! (a table or JSON, SPEC §8) and serve's `GET /runner/jobs` (§9.3) both
+//! show these rows, each in its own shape.
+
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::cli::JobsArgs;
+use crate::config::Env;
+use crate::due::Plan;
+use crate::error::Error;
+use crate::job::Job;
+use crate::state::{LastRun, State};
+use crate::{EXIT_JOB_FAILED, EXIT_OK, once, print};
+
+/// One job with its state.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub path: String,
+    /// The checked job's plan, or its problems.
+    pub plan: Result<Plan, String>,
+    /// Disabled by its note or globally.
+    pub disabled: bool,
+    pub next: Option<Timestamp>,
+    pub last: Option<LastRun>,
+    pub running: bool,
+}
+
+impl Row {
+    /// Joins a job with its state entry.
+    pub fn new(
+        path: &str,
+        plan: Result<Plan, String>,
+        next: Option<Timestamp>,
+        state: &State,
+        globally_disabled: bool,
+    ) -> Row {
+        let entry = state.jobs.get(path);
+        Row {
+            path: path.to_string(),
+            disabled: plan.as_ref().is_ok_and(|p| p.disabled) || globally_disabled,
+            plan,
+            next,
+            last: entry.and_then(|e| e.last_run.clone()),
+            running: entry.is_some_and(|e| e.running.is_some()),
+        }
+    }
+
+    /// `running` while a run goes on, else the last run's status.
+    pub fn status(&self) -> Option<&str> {
+        if self.running {
+            Some("running")
+        } else {
+            self.last.as_ref().map(|l| l.status.as_str())
+        }
+    }
+
+    /// The `GET /runner/jobs` shape (camelCase, milliseconds).
+    pub fn api_json(&self) -> Value {
+        json!({
+            "jobPath": self.path,
+            "schedule": self.plan.as_ref().ok().map(|p| p.schedule_text.clone()),
+            "nextRunAt": self.next.map(|t| format!("{t:.3}")),
+            "disabled": self.disabled,
+            "lastRunAt": self.last.as_ref().map(|l| format!("{:.3}", l.started_at)),
+            "lastRunStatus": self.status(),
+            "lastRunId": self.last.as_ref().map(|l| l.run_id.clone()),
+        })
+    }
+
+    /// The `jobs --json` shape.
+    fn cli_json(&self) -> Value {
+        let last_run_at = self.last.as_ref().map(|l| format!("{:.0}", l.started_at));
+        let last_run_id = self.last.as_ref().map(|l| l.run_id.clone());
+        match &self.plan {
+            Ok(plan) => json!({
+                "path": self.path,
+                "schedule": plan.schedule_text,
+                "timezone": plan.zone.name,
+                "disabled": self.disabled,
+                "next": self.next.map(|t| format!("{t:.0}")),
+                "last_run_at": last_run_at,
+                "last_status": self.status(),
+                "last_run_id": last_run_id,
+                "problems": Value::Null,
+            }),
+            Err(problems) => json!({
+                "path": self.path, "schedule": null, "timezone": null, "disabled": null, "next": null,
+                "last_run_at": last_run_at,
+                "last_status": self.last.as_ref().map(|l| l.status.clone()),
+                "last_run_id": last_run_id,
+                "problems": problems,
+            }),
+        }
+    }
+}
+
+/// `jobs`: a table (or JSON) of the jobs with their next fire and last run.
+pub fn jobs(args: &JobsArgs, env: &Env) -> Result<u8, Error> {
+    let (config, rt) = once::setup(&args.common, env)?;
+    let notes = rt.vault.list_jobs()?;
+    let state = rt.store.read()?;
+    let now = rt.clock.now();
+    let mut invalid = 0;
+    let mut rows: Vec<Row> = notes
+        .iter()
+        .map(|note| {
+            let plan = Job::from_note(note, &config.timezone)
+                .map(|job| Plan::from(&job))
+                .map_err(|e| e.problems.join("; "));
+            invalid += usize::from(plan.is_err());
+            let next = match &plan {
+                Ok(p) if !p.disabled && !config.disabled => p.schedule.next_after(now, &p.zone.tz),
+                _ => None,
+            };
+            Row::new(note.path_or_id(), plan, next, &state, config.disabled)
+        })
+        .collect();
+    rows.sort_by(|a, b| a.path.cmp(&b.path));
+    let rows: Vec<Value> = rows.iter().map(Row::cli_json).collect();
+    if args.json {
+        print(&format!("{}\n", json!({ "jobs": rows })))?;
+    } else {
+        print(&table(&rows))?;
+    }
+    Ok(if invalid > 0 {
+        EXIT_JOB_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+fn table(rows: &[Value]) -> String {
+    const HEAD: [&str; 7] = [
+        "PATH", "SCHEDULE", "ZONE", "NEXT", "LAST RUN", "STATUS", "PROBLEMS",
+    ];
+    let cell = |row: &Value, i: usize| -> String {
+        let key = [
+            "path",
+            "schedule",
+            "timezone",
+            "next",
+            "last_run_at",
+            "last_status",
+            "problems",
+        ][i];
+        match &row[key] {
+            Value::String(s) => s.clone(),
+            Value::Null if i == 3 && row["disabled"] == true => "disabled".to_string(),
+            Value::Null if i == 3 && row["problems"].is_null() => "never".to_string(),
+            _ => "-".to_string(),
+        }
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| (0..7).map(|i| cell(r, i)).collect())
+        .collect();
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .chain([HEAD[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |c: &[String]| {
+        for (i, text) in c.iter().enumerate() {
+            if i < 6 {
+                let _ = write!(out, "{text:<w$}  ", w = widths[i]);
+            } else {
+                out.push_str(text);
+            }
+        }
+        let trimmed = out.trim_end().len();
+        out.truncate(trimmed);
+        out.push('\n');
+    };
+    line(&HEAD.map(String::from));
+    for c in &cells {
+        line(c);
+    }
+    out
+}

@@ -1,0 +1,501 @@
+//! `serve` (SPEC §9.1): the scheduling loop for containers, beside the HTTP
+//! admin API (`admin_api`). Plain threads: one scheduler that sleeps on a
+//! `Condvar` until the earliest slot or the next poll, a worker thread per
+//! run bounded by `max_concurrent_jobs` permits, one thread per HTTP
+//! request, and a signal thread for graceful shutdown.
+//!
+//! Deciding and claiming is the engine's, as for `once`, with the same
+//! state, locks and outbox, so the two can run side by side (by mistake)
+//! without a slot firing twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use crate::agent::{self, Canceller};
+use crate::auth::Auth;
+use crate::cli::ServeArgs;
+use crate::clock::Clock;
+use crate::config::{self, Config, Env, Overrides};
+use crate::due::Plan;
+use crate::engine::{self, Runtime, Scope, Verdict};
+use crate::error::Error;
+use crate::instant::until;
+use crate::job::Job;
+use crate::metrics::{Gauges, Metrics};
+use crate::run::Claimed;
+use crate::vault::Note;
+use crate::{EXIT_OK, admin_api, os, registration};
+
+mod admin;
+mod runs;
+
+pub use admin::RunNowError;
+
+/// One job of the table: its note as last read, the plan decided from it
+/// (or its problems) and its next slot.
+#[derive(Clone, Debug)]
+pub struct TableEntry {
+    pub note: Note,
+    pub plan: Result<Plan, String>,
+    /// Its next slot after the last evaluation (none: manual, disabled,
+    /// invalid).
+    pub next: Option<Timestamp>,
+}
+
+/// Everything the scheduler and the HTTP handlers share, behind one lock.
+pub struct Shared {
+    pub config: Config,
+    /// `None` while there is no token (cleared, never set): paused.
+    pub rt: Option<Runtime>,
+    /// Set by clear-credential until a new token is stored.
+    pub paused: bool,
+    pub table: BTreeMap<String, TableEntry>,
+    pub last_tick: Option<Timestamp>,
+    pub last_poll: Option<(Timestamp, bool)>,
+    next_poll: Instant,
+}
+
+impl Shared {
+    /// The runtime to reach the vault with; `None` while paused or without
+    /// a token.
+    pub fn active_rt(&self) -> Option<Runtime> {
+        if self.paused { None } else { self.rt.clone() }
+    }
+}
+
+/// A run going on, for shutdown and `/metrics`.
+struct Live {
+    job_path: String,
+    cancel: Option<Canceller>,
+}
+
+pub struct Daemon {
+    env: Env,
+    overrides: Overrides,
+    shared: Mutex<Shared>,
+    /// Wakes the scheduler: config change, shutdown, a finished run.
+    wake: Condvar,
+    live: Mutex<HashMap<String, Live>>,
+    /// Signalled when a run ends (permits freed, live shrank).
+    run_ended: Condvar,
+    pub metrics: Metrics,
+    pub auth: Auth,
+    started: Instant,
+    stopping: AtomicBool,
+    clock: Clock,
+    /// Serializes config.json updates (PUT config, clear-credential).
+    config_lock: Mutex<()>,
+}
+
+/// Entry point: `parachute-runner serve`.
+pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
+    let overrides = Overrides {
+        config: args.common.config.clone(),
+        vault_dir: args.common.vault_dir.clone(),
+        poll_interval: args.poll_interval,
+    };
+    let config = config::load(env, &overrides)?;
+    agent::warn_if_root(env);
+    os::raise_fd_limit();
+    let daemon = Arc::new(Daemon::new(config, env.clone(), overrides));
+
+    let addr = format!("{}:{}", args.host, args.port);
+    let http = tiny_http::Server::http(&addr)
+        .map_err(|e| Error::Fatal(format!("cannot listen on {addr}: {e}")))?;
+    let http = Arc::new(http);
+    let bound = http.server_addr().to_ip().map_or(args.port, |a| a.port());
+    daemon.register_service(bound);
+    log::info!("serving the admin API on http://{}:{bound}", args.host);
+
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| Error::Fatal(format!("cannot handle signals: {e}")))?;
+    let signal_handle = signals.handle();
+    {
+        let daemon = Arc::clone(&daemon);
+        let http = Arc::clone(&http);
+        let mut signals = signals;
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("received signal {sig}: shutting down");
+                daemon.begin_stop();
+                http.unblock();
+            }
+        });
+    }
+    let accept = {
+        let daemon = Arc::clone(&daemon);
+        let http = Arc::clone(&http);
+        std::thread::spawn(move || admin_api::accept_loop(&http, &daemon))
+    };
+    let scheduler = {
+        let daemon = Arc::clone(&daemon);
+        std::thread::spawn(move || daemon.schedule_loop())
+    };
+    let _ = scheduler.join();
+    daemon.drain(args.shutdown_timeout);
+    http.unblock();
+    let _ = accept.join();
+    signal_handle.close();
+    log::info!("stopped");
+    Ok(EXIT_OK)
+}
+
+impl Daemon {
+    pub fn new(mut config: Config, env: Env, overrides: Overrides) -> Daemon {
+        if let Clock::Fixed(_) = config.clock {
+            log::warn!(
+                "serve ignores PARACHUTE_RUNNER_NOW (a clock that never moves cannot schedule)"
+            );
+            config.clock = Clock::System;
+        }
+        let clock = config.clock;
+        let rt = runtime_for(&config);
+        let auth = Auth::new(config.hub_origin.clone());
+        Daemon {
+            env,
+            overrides,
+            shared: Mutex::new(Shared {
+                config,
+                rt,
+                paused: false,
+                table: BTreeMap::new(),
+                last_tick: None,
+                last_poll: None,
+                next_poll: Instant::now(),
+            }),
+            wake: Condvar::new(),
+            live: Mutex::new(HashMap::new()),
+            run_ended: Condvar::new(),
+            metrics: Metrics::default(),
+            auth,
+            started: Instant::now(),
+            stopping: AtomicBool::new(false),
+            clock,
+            config_lock: Mutex::new(()),
+        }
+    }
+
+    /// The shared state. A poisoned lock (a panic elsewhere) still gives
+    /// the data: every writer leaves it consistent between statements.
+    pub fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// Wakes the scheduler and every waiter on `run_ended`. Each condvar is
+    /// notified under the mutex its waiters check their condition under, so
+    /// a wake-up cannot fall between a check and a wait.
+    fn wake_all(&self) {
+        {
+            let _shared = self.shared();
+            self.wake.notify_all();
+        }
+        let _live = self.live();
+        self.run_ended.notify_all();
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Runs going on; claimed runs still waiting for a permit do not count.
+    pub fn running_count(&self) -> usize {
+        self.live().values().filter(|l| l.cancel.is_some()).count()
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        let (jobs_loaded, outbox_depth, last_poll) = {
+            let s = self.shared();
+            let depth = s.rt.as_ref().map_or(0, |rt| rt.outbox.depth());
+            (s.table.len(), depth, s.last_poll)
+        };
+        Gauges {
+            jobs_loaded,
+            running: self.running_count(),
+            outbox_depth,
+            last_poll: last_poll.map(|(t, _)| t.as_second()),
+            last_poll_ok: last_poll.is_some_and(|(_, ok)| ok),
+            uptime: self.uptime(),
+        }
+    }
+
+    fn register_service(&self, port: u16) {
+        let home = self.shared().config.paths.home.clone();
+        let install_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.display().to_string()))
+            .unwrap_or_default();
+        let row = registration::Row {
+            port,
+            version: env!("CARGO_PKG_VERSION"),
+            install_dir: &install_dir,
+        };
+        match registration::register(&home, &row) {
+            Ok(()) => log::info!("registered in {}", home.join(registration::FILE).display()),
+            Err(e) => log::warn!("could not register in services.json: {e}"),
+        }
+    }
+
+    /// The scheduler: polls, fires due jobs, sleeps until the next event.
+    fn schedule_loop(self: &Arc<Self>) {
+        loop {
+            if self.stopping() {
+                return;
+            }
+            let poll_due = Instant::now() >= self.shared().next_poll;
+            if poll_due {
+                self.poll();
+            }
+            self.fire_due();
+            let mut s = self.shared();
+            if self.stopping() {
+                return;
+            }
+            let now = self.clock.now();
+            let until_poll = s.next_poll.saturating_duration_since(Instant::now());
+            // While paused nothing fires, so slots do not count (they would
+            // stay in the past and the loop would spin).
+            let runnable = !s.paused && s.rt.is_some();
+            let until_slot = s
+                .table
+                .values()
+                .filter_map(|e| e.next)
+                .filter(|_| runnable)
+                .min()
+                .map_or(Duration::MAX, |t| self.clock.real_duration(until(now, t)));
+            // Capped, so a clock step (NTP, suspend) is noticed within a
+            // minute.
+            let wait = until_poll.min(until_slot).min(Duration::from_secs(60));
+            if wait > Duration::ZERO {
+                s = self
+                    .wake
+                    .wait_timeout(s, wait)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            drop(s);
+        }
+    }
+
+    /// A poll (SPEC §9.1): deliver the outbox, list the jobs, decide them
+    /// all. A failed listing keeps the current table.
+    fn poll(self: &Arc<Self>) {
+        let (rt, interval) = {
+            let mut s = self.shared();
+            let interval = Duration::from_secs(s.config.poll_interval_seconds);
+            s.next_poll = Instant::now() + interval;
+            (s.active_rt(), interval)
+        };
+        let Some(rt) = rt else {
+            log::warn!(
+                "no vault token: scheduling is paused until one is stored (PUT /.parachute/config)"
+            );
+            return;
+        };
+        rt.deliver_outbox();
+        let now = self.clock.now();
+        let notes = match rt.vault.list_jobs() {
+            Ok(notes) => notes,
+            Err(e) => {
+                log::error!(
+                    "poll failed, keeping the current {} jobs: {e}",
+                    self.shared().table.len()
+                );
+                self.shared().last_poll = Some((now, false));
+                self.metrics.poll(false);
+                return;
+            }
+        };
+        self.metrics.poll(true);
+        log::debug!(
+            "poll: {} jobs, next in {}s",
+            notes.len(),
+            interval.as_secs()
+        );
+        self.shared().last_poll = Some((now, true));
+        self.decide(&rt, notes, now, Scope::All);
+        // What the settling of dead runs queued.
+        rt.deliver_outbox();
+    }
+
+    /// Fires the jobs whose slot has come, re-reading their notes first so
+    /// edits made since the poll count.
+    fn fire_due(self: &Arc<Self>) {
+        let now = self.clock.now();
+        let (rt, due) = {
+            let mut s = self.shared();
+            s.last_tick = Some(now);
+            let due: Vec<String> = s
+                .table
+                .iter()
+                .filter(|(_, e)| e.next.is_some_and(|n| n <= now))
+                .map(|(p, _)| p.clone())
+                .collect();
+            (s.active_rt(), due)
+        };
+        let Some(rt) = rt else { return };
+        if due.is_empty() {
+            return;
+        }
+        let fetched = refetch(&rt, &due);
+        let mut notes = Vec::new();
+        {
+            let mut s = self.shared();
+            for (path, note) in due.iter().zip(fetched) {
+                match note {
+                    Ok(Some(note)) => notes.push(note),
+                    Ok(None) => {
+                        log::info!("{path}: the note is gone; dropping the job");
+                        s.table.remove(path);
+                    }
+                    Err(e) => {
+                        // Keep the polled version: a vault hiccup at fire
+                        // time should not cost the slot.
+                        log::warn!(
+                            "{path}: could not re-read the note ({e}); using the polled one"
+                        );
+                        if let Some(entry) = s.table.get(path) {
+                            notes.push(entry.note.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.decide(&rt, notes, self.clock.now().max(now), Scope::Some);
+    }
+
+    /// Decides `notes` at `now` through the engine, starts a worker for
+    /// every claimed run, and puts each note in the table with its next
+    /// slot. Even if the state cannot be locked every job gets its next
+    /// slot: none may stay "due" (the scheduler would spin on it).
+    fn decide(self: &Arc<Self>, rt: &Runtime, notes: Vec<Note>, now: Timestamp, scope: Scope) {
+        // Cleared credential since this began: start nothing.
+        let pass = if self.shared().paused {
+            None
+        } else {
+            match engine::claim_due(rt, &notes, now, scope) {
+                Ok(pass) => Some(pass),
+                Err(e) => {
+                    log::error!("{e}");
+                    None
+                }
+            }
+        };
+        let (claimed, plans): (Vec<Claimed>, Vec<Result<Plan, String>>) = match pass {
+            Some(pass) => {
+                let plans = pass
+                    .looked
+                    .into_iter()
+                    .map(|looked| match looked.verdict {
+                        Verdict::Invalid(e) => {
+                            log::warn!("{e}");
+                            Err(e.problems.join("; "))
+                        }
+                        verdict => {
+                            if let Verdict::Skipped(reason) = verdict {
+                                log::info!("skipped: {}: {reason}", looked.path);
+                            }
+                            looked.plan.ok_or_else(String::new)
+                        }
+                    })
+                    .collect();
+                (pass.claimed, plans)
+            }
+            None => {
+                let plans = notes
+                    .iter()
+                    .map(|n| {
+                        Job::from_note(n, &rt.default_zone)
+                            .map(|job| Plan::from(&job))
+                            .map_err(|e| e.problems.join("; "))
+                    })
+                    .collect();
+                (Vec::new(), plans)
+            }
+        };
+        {
+            let mut s = self.shared();
+            let globally_disabled = s.config.disabled;
+            if scope == Scope::All {
+                // The listing is the whole table.
+                s.table.clear();
+            }
+            for (note, plan) in notes.into_iter().zip(plans) {
+                let next = match &plan {
+                    Ok(p) if !p.disabled && !globally_disabled => {
+                        p.schedule.next_after(now, &p.zone.tz)
+                    }
+                    _ => None,
+                };
+                let path = note.path_or_id().to_string();
+                s.table.insert(path, TableEntry { note, plan, next });
+            }
+        }
+        for c in claimed {
+            self.spawn_worker(rt.clone(), c);
+        }
+    }
+
+    /// Wakes the scheduler and the runs waiting for a permit (config
+    /// changed).
+    pub fn nudge(&self) {
+        self.wake_all();
+    }
+}
+
+/// The runtime for a config; `None` when a REST vault has no token.
+fn runtime_for(config: &Config) -> Option<Runtime> {
+    match Runtime::open(config) {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            log::warn!("{e}");
+            None
+        }
+    }
+}
+
+/// Re-reads notes, several at a time when many are due at once.
+fn refetch(rt: &Runtime, paths: &[String]) -> Vec<Result<Option<Note>, String>> {
+    const PARALLEL: usize = 8;
+    if paths.len() <= 1 {
+        return paths
+            .iter()
+            .map(|p| rt.vault.get_note(p).map_err(|e| e.to_string()))
+            .collect();
+    }
+    let mut out: Vec<Result<Option<Note>, String>> = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(PARALLEL) {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|p| scope.spawn(move || rt.vault.get_note(p).map_err(|e| e.to_string())))
+                .collect();
+            for h in handles {
+                out.push(
+                    h.join()
+                        .unwrap_or_else(|_| Err("re-read failed".to_string())),
+                );
+            }
+        });
+    }
+    out
+}

@@ -1,0 +1,148 @@
+//! The runs a `serve` has going on: a worker thread per claimed run, the
+//! `max_concurrent_jobs` permits they wait for, and the drain at shutdown
+//! (SPEC §9.1: wait up to `--shutdown-timeout`, then the kill sequence,
+//! `interrupted: runner shutting down` notes).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Daemon, Live};
+use crate::agent::{Canceller, KILL_GRACE};
+use crate::engine::Runtime;
+use crate::run::{self, Claimed, Report};
+
+impl Daemon {
+    /// Counts a claimed run as live (waiting for a permit until it starts),
+    /// for shutdown and `/metrics`.
+    pub(super) fn track(&self, claimed: &Claimed) {
+        self.live().insert(
+            claimed.info.run_id.clone(),
+            Live {
+                job_path: claimed.job.path.clone(),
+                cancel: None,
+            },
+        );
+    }
+
+    /// Starts a worker thread for a claimed run.
+    pub fn spawn_worker(
+        self: &Arc<Self>,
+        rt: Runtime,
+        claimed: Claimed,
+    ) -> std::thread::JoinHandle<Report> {
+        let daemon = Arc::clone(self);
+        self.track(&claimed);
+        std::thread::spawn(move || daemon.work(&rt, claimed))
+    }
+
+    /// One run: wait for a permit, run, record, free the permit.
+    pub fn work(self: &Arc<Self>, rt: &Runtime, claimed: Claimed) -> Report {
+        let run_id = claimed.info.run_id.clone();
+        let report = if self.acquire_permit(&run_id) {
+            let daemon = Arc::clone(self);
+            let id = run_id.clone();
+            run::execute(rt, claimed, move |cancel| daemon.started_run(&id, cancel))
+        } else {
+            run::abandon(rt, claimed, "interrupted: runner shutting down")
+        };
+        log::info!(
+            "{}: {} ({}){}",
+            report.job_path,
+            if report.ok { "ok" } else { "failed" },
+            report.trigger,
+            report
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+        self.metrics.run_finished(report.ok, report.duration);
+        {
+            let mut live = self.live();
+            live.remove(&run_id);
+        }
+        self.run_ended.notify_all();
+        report
+    }
+
+    /// Waits until fewer than `max_concurrent_jobs` runs are going on, then
+    /// counts this one as going on. `false` if shutting down meanwhile.
+    fn acquire_permit(&self, run_id: &str) -> bool {
+        let mut live = self.live();
+        loop {
+            if self.stopping() {
+                return false;
+            }
+            let limit = self.shared().config.max_concurrent_jobs;
+            let active = live.values().filter(|l| l.cancel.is_some()).count();
+            if active < limit {
+                if let Some(l) = live.get_mut(run_id) {
+                    // Holds the slot until `started_run` gives the real
+                    // canceller (a no-op one meanwhile).
+                    l.cancel = Some(Canceller::none());
+                }
+                return true;
+            }
+            live = self.run_ended.wait(live).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn started_run(&self, run_id: &str, cancel: Canceller) {
+        if let Some(l) = self.live().get_mut(run_id) {
+            l.cancel = Some(cancel);
+        }
+    }
+
+    /// Shutdown (SPEC §9.1): no new runs; wait up to `timeout` for the
+    /// running ones, then stop the rest with the kill sequence; their notes
+    /// say `interrupted: runner shutting down`.
+    pub(super) fn drain(&self, timeout: Duration) {
+        self.begin_stop();
+        let deadline = Instant::now() + timeout;
+        let mut live = self.live();
+        while !live.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            live = self
+                .run_ended
+                .wait_timeout(live, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        if !live.is_empty() {
+            log::warn!(
+                "stopping {} run(s) still going after {}s",
+                live.len(),
+                timeout.as_secs()
+            );
+            for l in live.values() {
+                log::info!("{}: stopping its run", l.job_path);
+            }
+            // The kill sequence takes up to KILL_GRACE; then the note is
+            // spooled and recorded. Delivery may still retry: the note is
+            // safe in the outbox whatever happens after. Cancels are sent
+            // again each second, for a run whose agent was only starting.
+            let deadline = Instant::now() + KILL_GRACE + Duration::from_secs(15);
+            while !live.is_empty() {
+                for c in live.values().filter_map(|l| l.cancel.as_ref()) {
+                    c.cancel();
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    log::warn!(
+                        "{} run(s) did not finish recording; the next start settles them",
+                        live.len()
+                    );
+                    break;
+                }
+                live = self
+                    .run_ended
+                    .wait_timeout(live, left.min(Duration::from_secs(1)))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        }
+    }
+}
