@@ -1,7 +1,9 @@
 //! Running the agent process (SPEC §6.2): exact argv, a cleared
 //! environment with an allowlist, its own process group, the prompt fed
-//! from its own thread, stdout kept up to 8 MiB and the last 64 KiB of
-//! stderr, and at the timeout SIGTERM then SIGKILL to the whole group.
+//! from its own thread, stdout read as stream-json (`stream`) and the last
+//! 64 KiB of stderr, and stopping: SIGINT, SIGTERM, SIGKILL to its group,
+//! with every process it started contained (`contain`) and stopped when
+//! the run ends. Once its `result` line is read, the agent has 10 s to exit.
 //!
 //! This module knows nothing of jobs or notes: it takes what to run and
 //! gives back what happened. Writing the MCP config file is the caller's
@@ -11,21 +13,26 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Env;
+use crate::contain::{self, Contained};
 use crate::os;
+use crate::stream::{AgentOutput, StreamReader};
+use crate::tools::{self, PermissionMode};
 
-/// stdout kept for the note.
-pub const STDOUT_CAP: usize = 8 << 20;
 /// stderr tail kept.
 pub const STDERR_CAP: usize = 64 << 10;
-/// Between SIGTERM and SIGKILL.
+/// Between the steps of the stop sequence (SIGINT, SIGTERM, SIGKILL), and
+/// for what an agent leaves behind to go after a polite signal.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long an agent may take to exit after its `result` line.
+pub const RESULT_GRACE: Duration = Duration::from_secs(10);
 /// The exit code reported for a timed-out run (as `timeout(1)` does).
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
 
@@ -64,33 +71,83 @@ pub fn child_env(env: &Env) -> Vec<(String, String)> {
     out
 }
 
-/// Warns once when running as root without `IS_SANDBOX=1` (the agent
-/// refuses `bypassPermissions` then).
-pub fn warn_if_root(env: &Env) {
-    if os::is_root() && env.get("IS_SANDBOX") != Some("1") {
+/// Warns when a run uses `bypassPermissions` as root without
+/// `IS_SANDBOX=1`: the CLI refuses that mode then (every other mode runs
+/// as root).
+pub fn warn_if_root(env: &[(String, String)], mode: PermissionMode) {
+    let sandbox = env.iter().any(|(k, v)| k == "IS_SANDBOX" && v == "1");
+    if mode == PermissionMode::BypassPermissions && os::is_root() && !sandbox {
         log::warn!(
-            "running as root: claude refuses --permission-mode bypassPermissions as root unless IS_SANDBOX=1; run the runner as an unprivileged user"
+            "running as root: claude refuses --permission-mode bypassPermissions as root unless IS_SANDBOX=1; run the runner as an unprivileged user, or choose another permission_mode"
         );
     }
 }
 
-/// The argv after the binary (SPEC §6.2), in the contract's order.
-pub fn claude_args(mcp_config: &Path, tools: &[String], model: &str) -> Vec<String> {
-    vec![
+/// What the argv says about a run (SPEC §6.2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Args<'a> {
+    pub mcp_config: &'a Path,
+    pub allowed_tools: &'a [String],
+    pub permission_mode: PermissionMode,
+    pub model: &'a str,
+    pub disallowed_tools: &'a [String],
+    pub max_turns: Option<u32>,
+    pub max_budget_usd: Option<f64>,
+    pub fallback_model: &'a [String],
+}
+
+impl Default for Args<'_> {
+    fn default() -> Self {
+        Args {
+            mcp_config: Path::new(""),
+            allowed_tools: &[],
+            permission_mode: PermissionMode::default(),
+            model: "",
+            disallowed_tools: &[],
+            max_turns: None,
+            max_budget_usd: None,
+            fallback_model: &[],
+        }
+    }
+}
+
+/// The argv after the binary, in the contract's order.
+pub fn claude_args(a: &Args<'_>) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
         "-p".into(),
         "--strict-mcp-config".into(),
         "--mcp-config".into(),
-        mcp_config.display().to_string(),
+        a.mcp_config.display().to_string(),
         "--allowedTools".into(),
-        tools.join(","),
+        a.allowed_tools.join(","),
+        "--tools".into(),
+        tools::builtin_tools(a.allowed_tools).join(","),
         "--permission-mode".into(),
-        "bypassPermissions".into(),
+        a.permission_mode.as_str().into(),
         "--model".into(),
-        model.into(),
+        a.model.into(),
         "--no-session-persistence".into(),
         "--output-format".into(),
-        "text".into(),
-    ]
+        "stream-json".into(),
+        "--verbose".into(),
+    ];
+    if !a.disallowed_tools.is_empty() {
+        argv.push("--disallowedTools".into());
+        argv.push(a.disallowed_tools.join(","));
+    }
+    if let Some(n) = a.max_turns {
+        argv.push("--max-turns".into());
+        argv.push(n.to_string());
+    }
+    if let Some(x) = a.max_budget_usd {
+        argv.push("--max-budget-usd".into());
+        argv.push(x.to_string());
+    }
+    if !a.fallback_model.is_empty() {
+        argv.push("--fallback-model".into());
+        argv.push(a.fallback_model.join(","));
+    }
+    argv
 }
 
 /// What to run.
@@ -102,15 +159,20 @@ pub struct Request {
     pub cwd: Option<PathBuf>,
     pub stdin: Vec<u8>,
     pub timeout: Duration,
+    /// Names the run's containment (its cgroup).
+    pub run_id: String,
 }
 
-/// Why a run ended early.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a run was stopped by the runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stopped {
     /// The job's timeout passed.
     Timeout,
-    /// Someone called `Canceller::cancel` (serve shutting down).
-    Cancelled,
+    /// `Canceller::cancel`, with the reason (shutdown, a signal).
+    Cancelled(String),
+    /// It did not exit within `RESULT_GRACE` of its result line; the run
+    /// keeps its result.
+    AfterResult,
 }
 
 /// What happened.
@@ -121,16 +183,18 @@ pub struct Outcome {
     /// Exit code, or 128 + signal for a child killed by a signal.
     pub exit_code: Option<i32>,
     pub stopped: Option<Stopped>,
-    pub stdout: Vec<u8>,
-    pub stdout_truncated: bool,
+    /// stdout, read as stream-json (or plain text).
+    pub output: AgentOutput,
     pub stderr_tail: Vec<u8>,
-    pub duration: Duration,
+    /// Processes the agent left that had to be killed after it exited.
+    pub left_behind: usize,
 }
 
 enum Event {
     Exited,
-    Cancel,
+    Cancel(String),
     ReaderDone,
+    ResultRead,
 }
 
 /// Stops a running agent early, from another thread.
@@ -138,6 +202,7 @@ enum Event {
 pub struct Canceller {
     tx: Sender<Event>,
     pid: u32,
+    cgroup: Option<PathBuf>,
 }
 
 impl Canceller {
@@ -146,23 +211,35 @@ impl Canceller {
         Canceller {
             tx: mpsc::channel().0,
             pid: 0,
+            cgroup: None,
         }
     }
 
-    pub fn cancel(&self) {
-        let _ = self.tx.send(Event::Cancel);
+    /// Stops the run; its failure says `interrupted: <reason>`.
+    pub fn cancel(&self, reason: &str) {
+        let _ = self.tx.send(Event::Cancel(reason.to_string()));
     }
 
     /// The agent's pid, which is also its process group id (0: none).
     pub fn pid(&self) -> u32 {
         self.pid
     }
+
+    /// The run's cgroup, when it has one.
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.cgroup.as_deref()
+    }
 }
 
-/// Runs the request to the end. `on_start` receives a `Canceller` once the
-/// process is running.
-pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
-    let started = Instant::now();
+/// Starts a named thread; the OS may refuse (a task limit).
+fn spawn_thread<F: FnOnce() + Send + 'static>(name: &str, f: F) -> io::Result<()> {
+    thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map(|_| ())
+}
+
+fn build(req: &Request) -> Command {
     let mut cmd = Command::new(&req.program);
     cmd.args(&req.args)
         .env_clear()
@@ -174,70 +251,129 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     if let Some(dir) = &req.cwd {
         cmd.current_dir(dir);
     }
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
+    cmd
+}
+
+/// Spawns the agent inside its containment.
+fn spawn(req: &Request) -> io::Result<(Child, Contained)> {
+    let mut pending = contain::prepare(&req.run_id);
+    let mut cmd = build(req);
+    if pending.apply(&mut cmd) {
+        // Joining a cgroup means fork and exec, where exec falls back to
+        // running a file that is not a program with /bin/sh; the usual
+        // spawn refuses it. Refuse it the same way here.
+        if let Err(e) = check_program(req) {
+            pending.abandon();
+            return Err(e);
+        }
+    }
+    match cmd.spawn() {
+        Ok(child) => {
+            let pid = child.id();
+            Ok((child, pending.started(pid)))
+        }
+        Err(e) => {
+            pending.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// Fails like exec does for a file that is neither a script (`#!`) nor
+/// an ELF program ("Exec format error"); other errors are left to exec.
+fn check_program(req: &Request) -> io::Result<()> {
+    let path = if req.program.contains('/') {
+        Some(PathBuf::from(&req.program))
+    } else {
+        let search = req
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        search
+            .split(':')
+            .map(|dir| Path::new(dir).join(&req.program))
+            .find(|p| p.is_file())
+    };
+    let Some(path) = path else { return Ok(()) };
+    let executable = std::fs::metadata(&path).is_ok_and(|m| {
+        m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+    });
+    if !executable {
+        // Not ours to judge: exec says why (permission denied, …).
+        return Ok(());
+    }
+    let mut head = [0u8; 4];
+    let n = match std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)) {
+        Ok(n) => n,
+        Err(_) => return Ok(()),
+    };
+    if head[..n].starts_with(b"#!") || head[..n] == *b"\x7fELF" {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::ENOEXEC))
+    }
+}
+
+/// Runs the request to the end. `on_start` receives a `Canceller` once the
+/// process is running.
+pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
+    let started = Instant::now();
+    let (mut child, contained) = match spawn(&req) {
+        Ok(v) => v,
         Err(e) => {
             return Outcome {
                 spawn_error: Some(e.to_string()),
-                duration: started.elapsed(),
                 ..Outcome::default()
             };
         }
     };
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
-
-    // The prompt goes in from its own thread: a child that writes before
-    // it reads must not deadlock against us.
-    if let Some(mut stdin) = child.stdin.take() {
-        let prompt = std::mem::take(&mut req.stdin);
-        thread::spawn(move || {
-            let _ = stdin.write_all(&prompt);
-        });
-    }
-    let stdout = Arc::new(Mutex::new(Capture::default()));
+    let done = Arc::new(AtomicBool::new(false));
+    let stdout = Arc::new(Mutex::new(StreamReader::new()));
     let stderr = Arc::new(Mutex::new(Tail::default()));
-    if let Some(pipe) = child.stdout.take() {
-        spawn_reader(
-            pipe,
-            Arc::clone(&stdout),
-            tx.clone(),
-            |cap: &mut Capture, chunk| cap.push(chunk),
-        );
+    let threads = start_threads(&mut child, &mut req, &tx, &done, &stdout, &stderr);
+    if let Err(e) = threads {
+        // Nothing can be read or fed: stop it at once.
+        let _ = os::kill_group(pid, os::SIGKILL);
+        contained.finish();
+        let _ = child.wait();
+        contain::forget(pid);
+        done.store(true, Ordering::Relaxed);
+        return Outcome {
+            spawn_error: Some(format!("could not start a thread for it: {e}")),
+            ..Outcome::default()
+        };
     }
-    if let Some(pipe) = child.stderr.take() {
-        spawn_reader(
-            pipe,
-            Arc::clone(&stderr),
-            tx.clone(),
-            |tail: &mut Tail, chunk| tail.push(chunk),
-        );
-    }
-    {
-        let tx = tx.clone();
-        thread::spawn(move || {
-            if os::wait_exit_keep_zombie(pid).is_ok() {
-                let _ = tx.send(Event::Exited);
-            }
-        });
-    }
-    on_start(Canceller { tx, pid });
+    on_start(Canceller {
+        tx,
+        pid,
+        cgroup: contained.cgroup().map(Path::to_path_buf),
+    });
 
     let mut readers_left = 2;
     let mut stopped = None;
     let deadline = started + req.timeout;
-    // Wait for the exit, the deadline or a cancel.
+    let mut grace: Option<Instant> = None;
+    // Wait for the exit, the deadline, the grace after the result, or a
+    // cancel.
     let exited = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        let until = grace.map_or(deadline, |g| g.min(deadline));
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(Event::Exited) => break true,
             Ok(Event::ReaderDone) => readers_left -= 1,
-            Ok(Event::Cancel) => {
-                stopped = Some(Stopped::Cancelled);
+            Ok(Event::ResultRead) => grace = Some(Instant::now() + RESULT_GRACE),
+            Ok(Event::Cancel(reason)) => {
+                stopped = Some(Stopped::Cancelled(reason));
                 break false;
             }
             Err(RecvTimeoutError::Timeout) => {
-                stopped = Some(Stopped::Timeout);
+                stopped = Some(if grace.is_some_and(|g| g <= Instant::now()) {
+                    Stopped::AfterResult
+                } else {
+                    Stopped::Timeout
+                });
                 break false;
             }
             // Every sender gone: nothing more can happen; reap below.
@@ -245,43 +381,150 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
         }
     };
     if !exited {
-        // SIGTERM to the group, SIGKILL after the grace period.
+        stop_sequence(pid, &contained, &rx, &mut readers_left);
+    }
+    // The leader is gone (a zombie, so its group id is still ours). What it
+    // left behind goes too: politely, then not.
+    let mut left_behind = 0;
+    let group_left = || !os::group_members(pid).is_empty();
+    if readers_left > 0 || contained.any_left() || group_left() {
         let _ = os::kill_group(pid, os::SIGTERM);
-        if !wait_for(&rx, KILL_GRACE, &mut readers_left, true) {
-            let _ = os::kill_group(pid, os::SIGKILL);
-            wait_for(&rx, Duration::MAX, &mut readers_left, true);
+        contained.signal(os::SIGTERM);
+        let deadline = Instant::now() + KILL_GRACE;
+        while Instant::now() < deadline
+            && (readers_left > 0 || contained.any_left() || group_left())
+        {
+            wait_for(&rx, Duration::from_millis(50), &mut readers_left, false);
         }
     }
-    // The leader is gone (a zombie, so its group id is still ours). Whatever
-    // it left behind in its group goes too: politely, then not.
-    let _ = os::kill_group(pid, os::SIGTERM);
-    if !wait_for(&rx, KILL_GRACE, &mut readers_left, false) {
-        let _ = os::kill_group(pid, os::SIGKILL);
-        // A process that left the group (setsid) may hold the pipes open;
-        // do not wait for it forever.
-        wait_for(&rx, Duration::from_secs(1), &mut readers_left, false);
-    }
     let _ = os::kill_group(pid, os::SIGKILL);
+    left_behind += contained.finish();
+    // A process that escaped (another session, not found) may still hold
+    // the pipes: do not wait for it forever.
+    wait_for(&rx, Duration::from_secs(1), &mut readers_left, false);
     let status = child.wait();
+    contain::forget(pid);
+    done.store(true, Ordering::Relaxed);
     let exit_code = match stopped {
         Some(Stopped::Timeout) => Some(TIMEOUT_EXIT_CODE),
         _ => status
             .ok()
             .and_then(|s| s.code().or_else(|| s.signal().map(|sig| 128 + sig))),
     };
-    let (stdout, stdout_truncated) = match stdout.lock() {
-        Ok(mut c) => (std::mem::take(&mut c.kept), c.truncated),
-        Err(_) => (Vec::new(), false),
+    let output = {
+        let mut reader = stdout.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *reader).finish()
     };
-    let stderr_tail = stderr.lock().map(|mut t| t.take()).unwrap_or_default();
+    let stderr_tail = stderr
+        .lock()
+        .map(|mut t| t.take())
+        .unwrap_or_else(|p| p.into_inner().take());
     Outcome {
         spawn_error: None,
         exit_code,
         stopped,
-        stdout,
-        stdout_truncated,
+        output,
         stderr_tail,
-        duration: started.elapsed(),
+        left_behind,
+    }
+}
+
+/// SIGINT to the group (claude then aborts its own tools), SIGTERM after
+/// `KILL_GRACE`, SIGKILL after another; the later steps reach every
+/// process of the run.
+fn stop_sequence(pid: u32, contained: &Contained, rx: &Receiver<Event>, readers_left: &mut i32) {
+    let _ = os::kill_group(pid, os::SIGINT);
+    if wait_for(rx, KILL_GRACE, readers_left, true) {
+        return;
+    }
+    let _ = os::kill_group(pid, os::SIGTERM);
+    contained.signal(os::SIGTERM);
+    if wait_for(rx, KILL_GRACE, readers_left, true) {
+        return;
+    }
+    let _ = os::kill_group(pid, os::SIGKILL);
+    contained.signal(os::SIGKILL);
+    wait_for(rx, Duration::MAX, readers_left, true);
+}
+
+/// The threads of a run: the prompt writer, the two readers, the waiter.
+fn start_threads(
+    child: &mut Child,
+    req: &mut Request,
+    tx: &Sender<Event>,
+    done: &Arc<AtomicBool>,
+    stdout: &Arc<Mutex<StreamReader>>,
+    stderr: &Arc<Mutex<Tail>>,
+) -> io::Result<()> {
+    // The prompt goes in from its own thread: a child that writes before
+    // it reads must not deadlock against us. Non-blocking, so the thread
+    // ends with the run whoever keeps the pipe open without reading.
+    if let Some(stdin) = child.stdin.take() {
+        let prompt = std::mem::take(&mut req.stdin);
+        let done = Arc::clone(done);
+        os::set_nonblocking(&stdin)?;
+        spawn_thread("agent-stdin", move || feed(stdin, &prompt, &done))?;
+    }
+    if let Some(mut pipe) = child.stdout.take() {
+        let sink = Arc::clone(stdout);
+        let tx = tx.clone();
+        spawn_thread("agent-stdout", move || {
+            read_all(&mut pipe, |chunk| {
+                let mut reader = sink.lock().unwrap_or_else(|p| p.into_inner());
+                if reader.push(chunk) {
+                    let _ = tx.send(Event::ResultRead);
+                }
+            });
+            let _ = tx.send(Event::ReaderDone);
+        })?;
+    }
+    if let Some(mut pipe) = child.stderr.take() {
+        let sink = Arc::clone(stderr);
+        let tx = tx.clone();
+        spawn_thread("agent-stderr", move || {
+            read_all(&mut pipe, |chunk| {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(chunk);
+            });
+            let _ = tx.send(Event::ReaderDone);
+        })?;
+    }
+    let pid = child.id();
+    let tx = tx.clone();
+    spawn_thread("agent-wait", move || {
+        if os::wait_exit_keep_zombie(pid).is_ok() {
+            let _ = tx.send(Event::Exited);
+        }
+    })
+}
+
+/// Writes `prompt` to the agent's stdin, then closes it; gives up when the
+/// run is `done` or the other end is gone.
+fn feed(mut stdin: ChildStdin, prompt: &[u8], done: &AtomicBool) {
+    let mut at = 0;
+    while at < prompt.len() && !done.load(Ordering::Relaxed) {
+        match stdin.write(&prompt[at..]) {
+            Ok(0) => return,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if os::wait_writable(&stdin, Duration::from_millis(100)).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn read_all(pipe: &mut impl Read, mut push: impl FnMut(&[u8])) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
     }
 }
 
@@ -305,50 +548,6 @@ fn wait_for(rx: &Receiver<Event>, limit: Duration, readers_left: &mut i32, for_e
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return true,
         }
-    }
-}
-
-fn spawn_reader<R, T>(
-    mut pipe: R,
-    sink: Arc<Mutex<T>>,
-    done: Sender<Event>,
-    push: fn(&mut T, &[u8]),
-) where
-    R: Read + Send + 'static,
-    T: Send + 'static,
-{
-    thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if let Ok(mut s) = sink.lock() {
-                        push(&mut s, &buf[..n]);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        let _ = done.send(Event::ReaderDone);
-    });
-}
-
-/// The first `STDOUT_CAP` bytes; the rest is counted as dropped.
-#[derive(Default)]
-struct Capture {
-    kept: Vec<u8>,
-    truncated: bool,
-}
-
-impl Capture {
-    fn push(&mut self, chunk: &[u8]) {
-        let room = STDOUT_CAP.saturating_sub(self.kept.len());
-        if chunk.len() > room {
-            self.truncated = true;
-        }
-        self.kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
 }
 
@@ -420,25 +619,46 @@ mod tests {
 
     #[test]
     fn argv_order() {
-        let args = claude_args(
-            Path::new("/r/mcp.json"),
-            &["Read".into(), "Grep".into()],
-            "claude-sonnet-4-5",
-        );
+        let allowed: Vec<String> = vec![
+            "Read".into(),
+            "Bash(git log:*)".into(),
+            "mcp__v__search".into(),
+        ];
+        let base = Args {
+            mcp_config: Path::new("/r/mcp.json"),
+            allowed_tools: &allowed,
+            model: "claude-sonnet-4-5",
+            ..Args::default()
+        };
         assert_eq!(
-            args.join(" "),
-            "-p --strict-mcp-config --mcp-config /r/mcp.json --allowedTools Read,Grep --permission-mode bypassPermissions --model claude-sonnet-4-5 --no-session-persistence --output-format text"
+            claude_args(&base).join(" "),
+            "-p --strict-mcp-config --mcp-config /r/mcp.json --allowedTools Read,Bash(git log:*),mcp__v__search --tools Read,Bash --permission-mode dontAsk --model claude-sonnet-4-5 --no-session-persistence --output-format stream-json --verbose"
         );
+        let denied = vec!["Write".to_string()];
+        let fallback = vec!["a".to_string(), "b".to_string()];
+        let all = Args {
+            permission_mode: PermissionMode::Plan,
+            disallowed_tools: &denied,
+            max_turns: Some(3),
+            max_budget_usd: Some(0.5),
+            fallback_model: &fallback,
+            ..base.clone()
+        };
+        assert!(claude_args(&all).join(" ").ends_with(
+            "--permission-mode plan --model claude-sonnet-4-5 --no-session-persistence --output-format stream-json --verbose --disallowedTools Write --max-turns 3 --max-budget-usd 0.5 --fallback-model a,b"
+        ));
+        // No built-in tool named: none offered.
+        let mcp_only = vec!["mcp__v__search".to_string()];
+        let argv = claude_args(&Args {
+            allowed_tools: &mcp_only,
+            ..base
+        });
+        let i = argv.iter().position(|a| a == "--tools").unwrap();
+        assert_eq!(argv[i + 1], "");
     }
 
     #[test]
-    fn capture_and_tail_are_bounded() {
-        let mut c = Capture::default();
-        for _ in 0..20 {
-            c.push(&[b'x'; 1 << 20]);
-        }
-        assert_eq!(c.kept.len(), STDOUT_CAP);
-        assert!(c.truncated);
+    fn tail_is_bounded() {
         let mut t = Tail::default();
         t.push(&[b'a'; 100 << 10]);
         t.push(b"end");
@@ -465,6 +685,7 @@ mod tests {
                 cwd: None,
                 stdin: b"prompt".to_vec(),
                 timeout,
+                run_id: crate::random::uuid_v4(),
             },
             |_| {},
         )
@@ -474,7 +695,7 @@ mod tests {
     fn runs_and_captures() {
         let out = sh("cat; echo; echo err >&2; exit 3", Duration::from_secs(30));
         assert_eq!(out.exit_code, Some(3));
-        assert_eq!(out.stdout, b"prompt\n");
+        assert_eq!(out.output.text, "prompt\n");
         assert_eq!(out.stderr_tail, b"err\n");
         assert_eq!(out.stopped, None);
     }
@@ -489,6 +710,7 @@ mod tests {
                 cwd: None,
                 stdin: vec![],
                 timeout: Duration::from_secs(1),
+                run_id: crate::random::uuid_v4(),
             },
             |_| {},
         );
@@ -507,6 +729,7 @@ mod tests {
                     cwd: None,
                     stdin: vec![],
                     timeout: Duration::from_secs(60),
+                    run_id: crate::random::uuid_v4(),
                 },
                 move |c| {
                     let _ = tx.send(c);
@@ -514,9 +737,10 @@ mod tests {
             )
         });
         let canceller = rx.recv().unwrap();
-        canceller.cancel();
+        canceller.cancel("test");
         let out = handle.join().unwrap();
-        assert_eq!(out.stopped, Some(Stopped::Cancelled));
-        assert_eq!(out.exit_code, Some(128 + libc::SIGTERM));
+        assert_eq!(out.stopped, Some(Stopped::Cancelled("test".into())));
+        // SIGINT comes first: claude aborts its own tools on it.
+        assert_eq!(out.exit_code, Some(128 + libc::SIGINT));
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -26,6 +27,7 @@ use crate::recover;
 use crate::run::{self, Claimed};
 use crate::schedule::Zone;
 use crate::state::{Locked, StateError, Store};
+use crate::tools::PermissionMode;
 use crate::vault::{self, Note, Vault};
 
 /// What every run of a process shares.
@@ -42,7 +44,18 @@ pub struct Runtime {
     /// The zone of jobs that name none.
     pub default_zone: Zone,
     pub policy: Policy,
+    /// What a job that names none of these gets.
+    pub defaults: AgentDefaults,
     pub recorder: Arc<Recorder>,
+}
+
+/// The config's defaults for a job's agent (SPEC §3).
+#[derive(Clone, Copy, Debug)]
+pub struct AgentDefaults {
+    pub permission_mode: PermissionMode,
+    pub max_budget_usd: Option<f64>,
+    pub retries: u32,
+    pub retry_delay: Duration,
 }
 
 impl Runtime {
@@ -60,6 +73,12 @@ impl Runtime {
             date_override: None,
             default_zone: config.timezone.clone(),
             policy: Policy::from(config),
+            defaults: AgentDefaults {
+                permission_mode: config.permission_mode,
+                max_budget_usd: config.max_budget_usd,
+                retries: config.retries,
+                retry_delay: config.retry_delay,
+            },
             recorder: Arc::new(Recorder::default()),
         })
     }

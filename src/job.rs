@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::schedule::{Schedule, Zone};
 use crate::template;
+use crate::tools::PermissionMode;
 use crate::vault::Note;
 
 /// The default `output_path` template.
@@ -47,7 +48,30 @@ pub struct Job {
     pub catch_up: bool,
     /// The prompt template (the body after the frontmatter).
     pub prompt: String,
+    /// How its agent runs; unset fields take the config's defaults.
+    pub agent: AgentSettings,
+    /// Pinged at start, success and failure (SPEC §11).
+    #[allow(dead_code)] // read by the pings, which come next
+    pub ping_url: Option<String>,
 }
+
+/// A job's agent settings (SPEC §4.2, §6.2, §6.5). `None` (or empty):
+/// the config's default, or nothing passed to the CLI.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentSettings {
+    pub permission_mode: Option<PermissionMode>,
+    pub disallowed_tools: Vec<String>,
+    pub max_turns: Option<u32>,
+    pub max_budget_usd: Option<f64>,
+    pub fallback_model: Vec<String>,
+    pub retries: Option<u32>,
+    pub retry_delay: Option<Duration>,
+}
+
+/// The most retries a job may ask for.
+pub const MAX_RETRIES: u64 = 10;
+/// The longest delay before a first retry: a day.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(86_400);
 
 /// Everything wrong with one job note.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,6 +256,42 @@ impl Job {
         let timeout = fields.timeout(&mut problems);
         let disabled = fields.bool("disabled", false, &mut problems);
         let catch_up = fields.bool("catch_up", true, &mut problems);
+        let agent = AgentSettings {
+            permission_mode: fields
+                .string("permission_mode", &mut problems, false)
+                .and_then(|m| match PermissionMode::parse(&m) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        problems.push(format!("permission_mode: {e}"));
+                        None
+                    }
+                }),
+            disallowed_tools: fields
+                .names("disallowed_tools", "tool", false, &mut problems)
+                .unwrap_or_default(),
+            max_turns: fields
+                .integer("max_turns", 1, 10_000, &mut problems)
+                .map(|n| n as u32),
+            max_budget_usd: fields.positive("max_budget_usd", &mut problems),
+            fallback_model: fields
+                .names("fallback_model", "model", false, &mut problems)
+                .unwrap_or_default(),
+            retries: fields
+                .integer("retries", 0, MAX_RETRIES, &mut problems)
+                .map(|n| n as u32),
+            retry_delay: fields.duration("retry_delay", MAX_RETRY_DELAY, &mut problems),
+        };
+        let ping_url = fields
+            .string("ping_url", &mut problems, false)
+            .and_then(|u| match crate::config::http_url(&u) {
+                Some(url) => Some(url),
+                None => {
+                    problems.push(format!(
+                        "ping_url: expected an http:// or https:// URL (got {u:?})"
+                    ));
+                    None
+                }
+            });
         let zone = match fields.get("timezone") {
             None => Some(default_zone.clone()),
             Some(_) => fields
@@ -278,6 +338,8 @@ impl Job {
                 zone,
                 catch_up,
                 prompt: split.body.to_string(),
+                agent,
+                ping_url,
             }),
             _ => Err(fail(problems)),
         }
@@ -338,12 +400,24 @@ impl Fields<'_> {
     }
 
     fn allowed_tools(&self, problems: &mut Vec<String>) -> Option<Vec<String>> {
-        const KEY: &str = "allowed_tools";
-        let tools: Vec<String> = match self.get(KEY) {
-            None | Some(Value::Null) => {
-                problems.push(format!("{KEY}: required"));
+        self.names("allowed_tools", "tool", true, problems)
+    }
+
+    /// A list of `what` names, or one comma-separated string. `required`:
+    /// it must be there and name at least one.
+    fn names(
+        &self,
+        key: &str,
+        what: &str,
+        required: bool,
+        problems: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        let tools: Vec<String> = match self.get(key) {
+            None | Some(Value::Null) if required => {
+                problems.push(format!("{key}: required"));
                 return None;
             }
+            None | Some(Value::Null) => return None,
             Some(Value::String(s)) => s.split(',').map(|t| t.trim().to_string()).collect(),
             Some(Value::Array(items)) => {
                 let mut tools = Vec::with_capacity(items.len());
@@ -352,7 +426,7 @@ impl Fields<'_> {
                         Value::String(s) => tools.push(s.trim().to_string()),
                         other => {
                             problems.push(format!(
-                                "{KEY}: expected a list of tool names (got {} in the list)",
+                                "{key}: expected a list of {what} names (got {} in the list)",
                                 describe(other)
                             ));
                             return None;
@@ -363,21 +437,57 @@ impl Fields<'_> {
             }
             Some(other) => {
                 problems.push(format!(
-                    "{KEY}: expected a list of tool names or one comma-separated string (got {})",
+                    "{key}: expected a list of {what} names or one comma-separated string (got {})",
                     describe(other)
                 ));
                 return None;
             }
         };
         if tools.is_empty() || tools.iter().all(String::is_empty) {
-            problems.push(format!("{KEY}: must name at least one tool"));
-            return None;
+            if required {
+                problems.push(format!("{key}: must name at least one {what}"));
+            }
+            return if required { None } else { Some(Vec::new()) };
         }
         if tools.iter().any(String::is_empty) {
-            problems.push(format!("{KEY}: a tool name is empty"));
+            problems.push(format!("{key}: a {what} name is empty"));
             return None;
         }
         Some(tools)
+    }
+
+    /// An integer from `min` to `max`, if set.
+    fn integer(&self, key: &str, min: u64, max: u64, problems: &mut Vec<String>) -> Option<u64> {
+        match self.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| (min..=max).contains(&n)) => {
+                n.as_u64()
+            }
+            Some(other) => {
+                problems.push(format!(
+                    "{key}: expected an integer from {min} to {max} (got {})",
+                    describe(other)
+                ));
+                None
+            }
+        }
+    }
+
+    /// A number more than 0, if set.
+    fn positive(&self, key: &str, problems: &mut Vec<String>) -> Option<f64> {
+        match self.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|x| x > 0.0 && x.is_finite()) => {
+                n.as_f64()
+            }
+            Some(other) => {
+                problems.push(format!(
+                    "{key}: expected a number more than 0 (got {})",
+                    describe(other)
+                ));
+                None
+            }
+        }
     }
 
     fn output_tags(&self, problems: &mut Vec<String>) -> Option<Vec<String>> {
@@ -423,43 +533,66 @@ impl Fields<'_> {
     }
 
     fn timeout(&self, problems: &mut Vec<String>) -> Option<Duration> {
-        const KEY: &str = "timeout";
-        let parsed = match self.get(KEY) {
-            None | Some(Value::Null) => return Some(DEFAULT_TIMEOUT),
-            Some(Value::Number(n)) => n
-                .as_f64()
-                .ok_or_else(|| format!("{n} is not a number of seconds")),
-            Some(Value::String(s)) => parse_duration_secs(s),
-            Some(other) => Err(format!(
+        match self.get("timeout") {
+            None | Some(Value::Null) => Some(DEFAULT_TIMEOUT),
+            Some(_) => self.duration("timeout", MAX_TIMEOUT, problems),
+        }
+    }
+
+    /// Seconds as a number, or a duration string (`"10m"`), more than 0
+    /// and at most `max`, if set.
+    fn duration(&self, key: &str, max: Duration, problems: &mut Vec<String>) -> Option<Duration> {
+        let value = self.get(key).filter(|v| !v.is_null())?;
+        match duration_value(value, max) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(format!("{key}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// A duration as a job or config value: seconds as a number, or a string
+/// such as `"600"`, `"600s"`, `"10m"`, `"1.5h"`; more than 0, at most
+/// `max`; at least a millisecond, so a tiny positive value is not zero.
+pub fn duration_value(value: &Value, max: Duration) -> Result<Duration, String> {
+    let secs = match value {
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| format!("{n} is not a number of seconds"))?,
+        Value::String(s) => parse_duration_secs(s)?,
+        other => {
+            return Err(format!(
                 "expected seconds or a duration such as \"10m\" (got {})",
                 describe(other)
-            )),
-        };
-        let secs = match parsed {
-            Ok(secs) => secs,
-            Err(e) => {
-                problems.push(format!("{KEY}: {e}"));
-                return None;
-            }
-        };
-        if secs.is_nan() || secs <= 0.0 {
-            problems.push(format!("{KEY}: must be more than 0 seconds"));
-            return None;
-        }
-        if secs > MAX_TIMEOUT.as_secs_f64() {
-            problems.push(format!(
-                "{KEY}: at most {} seconds (a week)",
-                MAX_TIMEOUT.as_secs()
             ));
-            return None;
         }
-        // At least a millisecond, so a tiny positive value is not zero.
-        Some(Duration::from_secs_f64(secs).max(Duration::from_millis(1)))
+    };
+    if secs.is_nan() || secs <= 0.0 {
+        return Err("must be more than 0 seconds".to_string());
+    }
+    if secs > max.as_secs_f64() {
+        return Err(format!(
+            "at most {} seconds ({})",
+            max.as_secs(),
+            human(max)
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs).max(Duration::from_millis(1)))
+}
+
+/// `max` for messages: "a week", "a day".
+fn human(d: Duration) -> &'static str {
+    match d.as_secs() {
+        604_800 => "a week",
+        86_400 => "a day",
+        _ => "the limit",
     }
 }
 
 /// `"600"`, `"600s"`, `"10m"`, `"1h"`, `"1.5h"` → seconds.
-fn parse_duration_secs(text: &str) -> Result<f64, String> {
+pub fn parse_duration_secs(text: &str) -> Result<f64, String> {
     let t = text.trim();
     let (number, unit) = match t
         .char_indices()

@@ -22,6 +22,7 @@ mod auth;
 mod cli;
 mod clock;
 mod config;
+mod contain;
 mod deliver;
 mod due;
 mod engine;
@@ -33,6 +34,7 @@ mod inspect;
 mod instant;
 mod job;
 mod jobs;
+mod judge;
 mod metrics;
 mod note;
 mod once;
@@ -48,7 +50,9 @@ mod schedule;
 mod secrets;
 mod serve;
 mod state;
+mod stream;
 mod template;
+mod tools;
 mod vault;
 
 /// What the integration tests check directly, beside the binary.

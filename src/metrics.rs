@@ -7,6 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::judge::Cause;
+use crate::run::Report;
+
 /// Upper bounds (seconds) of the run duration histogram.
 const BUCKETS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
@@ -19,7 +22,20 @@ pub struct Metrics {
     durations: Mutex<Histogram>,
     polls_ok: AtomicU64,
     polls_failed: AtomicU64,
+    agent: Mutex<AgentTotals>,
 }
+
+/// What the agents' streams reported, and how runs failed.
+#[derive(Default)]
+struct AgentTotals {
+    cost_usd: f64,
+    /// input, output, cache_read, cache_creation.
+    tokens: [u64; 4],
+    failures: [u64; Cause::ALL.len()],
+    retries: u64,
+}
+
+const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_creation"];
 
 #[derive(Default)]
 struct Histogram {
@@ -40,7 +56,29 @@ pub struct Gauges {
 }
 
 impl Metrics {
-    pub fn run_finished(&self, ok: bool, duration: Duration) {
+    pub fn run_finished(&self, report: &Report) {
+        let (ok, duration) = (report.ok, report.duration);
+        if let Ok(mut a) = self.agent.lock() {
+            let m = &report.meta;
+            a.cost_usd += m.cost_usd.unwrap_or(0.0);
+            if let Some(u) = &m.usage {
+                for (t, n) in a.tokens.iter_mut().zip([
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.cache_read_input_tokens,
+                    u.cache_creation_input_tokens,
+                ]) {
+                    *t += n;
+                }
+            }
+            a.retries += u64::from(m.attempts.saturating_sub(1));
+            if let Some(i) = report
+                .cause
+                .and_then(|c| Cause::ALL.iter().position(|x| *x == c))
+            {
+                a.failures[i] += 1;
+            }
+        }
         if ok {
             self.runs_ok.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -152,6 +190,43 @@ impl Metrics {
             "parachute_runner_polls_total{{result=\"failed\"}} {}",
             self.polls_failed.load(Ordering::Relaxed)
         );
+        if let Ok(a) = self.agent.lock() {
+            let _ = writeln!(
+                s,
+                "# HELP parachute_runner_agent_cost_usd_total Cost the agents reported, in US dollars."
+            );
+            let _ = writeln!(s, "# TYPE parachute_runner_agent_cost_usd_total counter");
+            let _ = writeln!(s, "parachute_runner_agent_cost_usd_total {}", a.cost_usd);
+            let _ = writeln!(
+                s,
+                "# HELP parachute_runner_agent_tokens_total Tokens the agents reported, by kind."
+            );
+            let _ = writeln!(s, "# TYPE parachute_runner_agent_tokens_total counter");
+            for (kind, n) in TOKEN_KINDS.iter().zip(a.tokens) {
+                let _ = writeln!(
+                    s,
+                    "parachute_runner_agent_tokens_total{{kind=\"{kind}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                s,
+                "# HELP parachute_runner_run_failures_total Failed runs by cause."
+            );
+            let _ = writeln!(s, "# TYPE parachute_runner_run_failures_total counter");
+            for (cause, n) in Cause::ALL.iter().zip(a.failures) {
+                let _ = writeln!(
+                    s,
+                    "parachute_runner_run_failures_total{{cause=\"{}\"}} {n}",
+                    cause.as_str()
+                );
+            }
+            let _ = writeln!(
+                s,
+                "# HELP parachute_runner_run_retries_total Attempts made again after a transient failure."
+            );
+            let _ = writeln!(s, "# TYPE parachute_runner_run_retries_total counter");
+            let _ = writeln!(s, "parachute_runner_run_retries_total {}", a.retries);
+        }
         gauge(
             &mut s,
             "parachute_runner_uptime_seconds",
@@ -165,12 +240,56 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::judge::Meta;
+
+    fn report(ok: bool, secs: u64, cause: Option<Cause>, meta: Meta) -> Report {
+        Report {
+            job_path: "jobs/x".into(),
+            run_id: "r".into(),
+            trigger: crate::due::Trigger::Schedule,
+            slot: None,
+            ok,
+            error: None,
+            written_to: None,
+            output_path: "o".into(),
+            queued_because: None,
+            duration: Duration::from_secs(secs),
+            cause,
+            meta,
+        }
+    }
 
     #[test]
     fn exposition() {
         let m = Metrics::default();
-        m.run_finished(true, Duration::from_secs(3));
-        m.run_finished(false, Duration::from_secs(700));
+        let usage = crate::stream::Usage {
+            input_tokens: 1000,
+            output_tokens: 200,
+            cache_read_input_tokens: 5,
+            cache_creation_input_tokens: 7,
+        };
+        m.run_finished(&report(
+            true,
+            3,
+            None,
+            Meta {
+                cost_usd: Some(0.25),
+                usage: Some(usage),
+                attempts: 3,
+                ..Meta::default()
+            },
+        ));
+        m.run_finished(&report(
+            false,
+            700,
+            Some(Cause::Api),
+            Meta {
+                cost_usd: Some(0.5),
+                usage: Some(usage),
+                attempts: 1,
+                ..Meta::default()
+            },
+        ));
         m.poll(true);
         let text = m.render(&Gauges {
             jobs_loaded: 7,
@@ -194,6 +313,14 @@ mod tests {
             "parachute_runner_outbox_depth 2",
             "parachute_runner_last_poll_timestamp_seconds 1800000000",
             "parachute_runner_last_poll_success 1",
+            "parachute_runner_agent_cost_usd_total 0.75",
+            "parachute_runner_agent_tokens_total{kind=\"input\"} 2000",
+            "parachute_runner_agent_tokens_total{kind=\"output\"} 400",
+            "parachute_runner_agent_tokens_total{kind=\"cache_read\"} 10",
+            "parachute_runner_agent_tokens_total{kind=\"cache_creation\"} 14",
+            "parachute_runner_run_failures_total{cause=\"api\"} 1",
+            "parachute_runner_run_failures_total{cause=\"timeout\"} 0",
+            "parachute_runner_run_retries_total 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -1,20 +1,18 @@
-//! The output note of a run (SPEC §6.3): how a run ended, as far as the
-//! note is concerned, and the note itself — path, content, tags and
-//! metadata exactly as the contract says. Pure; writing it is `deliver`'s
-//! and keeping it safe until then is `outbox`'s.
+//! The output note of a run (SPEC §6.3): path, content, tags and metadata
+//! exactly as the contract says, from how the run ended (`judge`). Pure;
+//! writing it is `deliver`'s and keeping it safe until then is `outbox`'s.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
-use crate::agent;
 use crate::due::Trigger;
 use crate::job::FAILED_TAG;
+use crate::judge::{Ending, Meta};
 use crate::vault::NewNote;
 
-/// `run_stderr_tail` keeps this many bytes.
-pub const STDERR_TAIL_BYTES: usize = 2048;
 /// The line that ends a truncated output.
 pub const TRUNCATED_LINE: &str = "[output truncated at 8 MiB]";
 
@@ -34,91 +32,8 @@ pub struct RunInfo {
     pub tags: Vec<String>,
 }
 
-/// How a run ended, as far as the note is concerned.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Ending {
-    Success {
-        stdout: String,
-        truncated: bool,
-    },
-    Failure {
-        /// One line: `claude -p exited with code 1`, `template error: …`.
-        error: String,
-        exit_code: Option<i32>,
-        stderr_tail: String,
-        truncated: bool,
-    },
-}
-
-impl Ending {
-    /// Classifies an agent outcome (SPEC §6.3).
-    /// Takes the stdout out of `outcome` (it may be 8 MiB: not copied).
-    pub fn from_agent(outcome: &mut agent::Outcome, bin: &str, timeout: Duration) -> Ending {
-        let stderr_tail = agent::tail_text(&outcome.stderr_tail, STDERR_TAIL_BYTES);
-        let failure = |error: String| Ending::Failure {
-            error,
-            exit_code: outcome.exit_code,
-            stderr_tail: stderr_tail.clone(),
-            truncated: outcome.stdout_truncated,
-        };
-        if let Some(e) = &outcome.spawn_error {
-            return failure(format!("could not start {bin}: {e}"));
-        }
-        match outcome.stopped {
-            Some(agent::Stopped::Timeout) => {
-                return failure(format!(
-                    "claude -p timed out after {}ms",
-                    timeout.as_millis()
-                ));
-            }
-            Some(agent::Stopped::Cancelled) => {
-                return failure("interrupted: runner shutting down".to_string());
-            }
-            None => {}
-        }
-        match outcome.exit_code {
-            Some(0) => {}
-            Some(code) => return failure(format!("claude -p exited with code {code}")),
-            None => return failure("claude -p exited without a status".to_string()),
-        }
-        let stdout = trim_in_place(into_text(std::mem::take(&mut outcome.stdout)));
-        if stdout.is_empty() {
-            return failure("claude -p produced empty stdout".to_string());
-        }
-        Ending::Success {
-            stdout,
-            truncated: outcome.stdout_truncated,
-        }
-    }
-
-    pub fn is_success(&self) -> bool {
-        matches!(self, Ending::Success { .. })
-    }
-
-    pub fn error(&self) -> Option<&str> {
-        match self {
-            Ending::Success { .. } => None,
-            Ending::Failure { error, .. } => Some(error),
-        }
-    }
-}
-
-/// Bytes as text, without a copy when they are valid UTF-8.
-fn into_text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// `s.trim()` without a copy.
-fn trim_in_place(mut s: String) -> String {
-    let end = s.trim_end().len();
-    s.truncate(end);
-    let start = s.len() - s.trim_start().len();
-    s.drain(..start);
-    s
-}
-
 /// The note for a run (SPEC §6.3).
-pub fn note(info: &RunInfo, ending: Ending, duration: Duration) -> NewNote {
+pub fn note(info: &RunInfo, ending: Ending, meta: &Meta, duration: Duration) -> NewNote {
     let mut m = Map::new();
     m.insert("parent_job_id".into(), Value::from(info.job_id.clone()));
     m.insert("parent_job_path".into(), Value::from(info.job_path.clone()));
@@ -130,6 +45,7 @@ pub fn note(info: &RunInfo, ending: Ending, duration: Duration) -> NewNote {
         "run_duration_ms".into(),
         Value::from(duration.as_millis().min(u64::MAX as u128) as u64),
     );
+    m.insert("run_exit_code".into(), Value::from(meta.exit_code));
     m.insert("run_id".into(), Value::from(info.run_id.clone()));
     m.insert("model".into(), Value::from(info.model.clone()));
     m.insert("run_trigger".into(), Value::from(info.trigger.as_str()));
@@ -139,12 +55,15 @@ pub fn note(info: &RunInfo, ending: Ending, duration: Duration) -> NewNote {
             Value::from(format!("{slot:.0}")),
         );
     }
+    m.insert("run_attempts".into(), Value::from(meta.attempts.max(1)));
+    stream_metadata(&mut m, meta);
+    if meta.truncated {
+        m.insert("run_output_truncated".into(), Value::from(true));
+    }
     match ending {
-        Ending::Success { stdout, truncated } => {
-            m.insert("run_exit_code".into(), Value::from(0));
-            let mut content = stdout;
-            if truncated {
-                m.insert("run_output_truncated".into(), Value::from(true));
+        Ending::Success { answer } => {
+            let mut content = answer;
+            if meta.truncated {
                 content.push('\n');
                 content.push_str(TRUNCATED_LINE);
             }
@@ -155,28 +74,34 @@ pub fn note(info: &RunInfo, ending: Ending, duration: Duration) -> NewNote {
                 metadata: m,
             }
         }
-        Ending::Failure {
-            error,
-            exit_code,
-            stderr_tail,
-            truncated,
-        } => {
-            let tail = if stderr_tail.is_empty() {
+        Ending::Failure(f) => {
+            let mut content = format!("# job-run failed\n\n**Reason:** {}\n\n", f.error);
+            if let Some(said) = &f.agent_said {
+                let _ = write!(content, "## Agent said\n\n{said}\n\n");
+            }
+            if !meta.denials.is_empty() {
+                let _ = write!(
+                    content,
+                    "## Denied tools\n\n{}\n\n",
+                    meta.denials.join("\n")
+                );
+            }
+            let tail = if f.stderr_tail.is_empty() {
                 "(empty)"
             } else {
-                stderr_tail.as_str()
+                f.stderr_tail.as_str()
             };
-            let content = format!(
-                "# job-run failed\n\n**Reason:** {error}\n\n## stderr (tail)\n\n```\n{tail}\n```\n"
-            );
-            m.insert(
-                "run_exit_code".into(),
-                exit_code.map_or(Value::Null, Value::from),
-            );
-            m.insert("run_error".into(), Value::from(error));
-            m.insert("run_stderr_tail".into(), Value::from(stderr_tail));
-            if truncated {
-                m.insert("run_output_truncated".into(), Value::from(true));
+            let _ = write!(content, "## stderr (tail)\n\n```\n{tail}\n```\n");
+            m.insert("run_error".into(), Value::from(f.error));
+            m.insert("run_stderr_tail".into(), Value::from(f.stderr_tail));
+            if let Some(status) = f.api_status {
+                m.insert("run_api_error_status".into(), Value::from(status));
+            }
+            if !meta.attempt_errors.is_empty() {
+                m.insert(
+                    "run_attempt_errors".into(),
+                    Value::from(meta.attempt_errors.clone()),
+                );
             }
             let mut tags = info.tags.clone();
             if !tags.iter().any(|t| t == FAILED_TAG) {
@@ -192,9 +117,44 @@ pub fn note(info: &RunInfo, ending: Ending, duration: Duration) -> NewNote {
     }
 }
 
+/// What the agent's stream told, when it told it.
+fn stream_metadata(m: &mut Map<String, Value>, meta: &Meta) {
+    if let Some(cost) = meta.cost_usd {
+        m.insert("run_cost_usd".into(), Value::from(cost));
+    }
+    if let Some(u) = &meta.usage {
+        m.insert(
+            "run_usage".into(),
+            json!({
+                "input_tokens": u.input_tokens,
+                "output_tokens": u.output_tokens,
+                "cache_read_input_tokens": u.cache_read_input_tokens,
+                "cache_creation_input_tokens": u.cache_creation_input_tokens,
+            }),
+        );
+    }
+    if let Some(n) = meta.num_turns {
+        m.insert("run_num_turns".into(), Value::from(n));
+    }
+    if let Some(s) = &meta.session_id {
+        m.insert("run_session_id".into(), Value::from(s.clone()));
+    }
+    if let Some(v) = &meta.agent_version {
+        m.insert("run_agent_version".into(), Value::from(v.clone()));
+    }
+    if !meta.denials.is_empty() {
+        m.insert(
+            "run_permission_denials".into(),
+            Value::from(meta.denials.clone()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::judge::{Cause, Failure};
+    use crate::stream::Usage;
 
     fn info() -> RunInfo {
         RunInfo {
@@ -210,29 +170,25 @@ mod tests {
         }
     }
 
-    fn outcome(exit: Option<i32>, stdout: &str) -> agent::Outcome {
-        agent::Outcome {
-            exit_code: exit,
-            stdout: stdout.as_bytes().to_vec(),
-            stderr_tail: b"warn\n".to_vec(),
-            ..agent::Outcome::default()
+    fn meta() -> Meta {
+        Meta {
+            attempts: 1,
+            ..Meta::default()
         }
     }
 
     #[test]
     fn success_note_has_exactly_the_contract() {
-        let ending = Ending::from_agent(
-            &mut outcome(Some(0), "\n  hello\n\n"),
-            "claude",
-            Duration::from_secs(600),
-        );
-        let n = note(&info(), ending, Duration::from_millis(1234));
+        let ending = Ending::Success {
+            answer: "hello".into(),
+        };
+        let n = note(&info(), ending, &meta(), Duration::from_millis(1234));
         assert_eq!(n.path, "jobs/runs/brief/x");
         assert_eq!(n.content, "hello");
         assert_eq!(n.tags, ["job-run", "digest"]);
         assert_eq!(
             Value::Object(n.metadata),
-            serde_json::json!({
+            json!({
                 "parent_job_id": "id-1",
                 "parent_job_path": "jobs/brief",
                 "run_started_at": "2026-01-01T08:00:01.500Z",
@@ -241,102 +197,96 @@ mod tests {
                 "run_id": "0123abcd-0000-4000-8000-000000000000",
                 "model": "m",
                 "run_trigger": "schedule",
-                "run_scheduled_for": "2026-01-01T08:00:00Z"
+                "run_scheduled_for": "2026-01-01T08:00:00Z",
+                "run_attempts": 1
             })
         );
     }
 
     #[test]
-    fn failure_kinds() {
-        let t = Duration::from_secs(600);
-        let cases = [
-            (
-                outcome(Some(2), "partial"),
-                "claude -p exited with code 2",
-                Some(2),
-            ),
-            (
-                outcome(Some(0), " \n\t"),
-                "claude -p produced empty stdout",
-                Some(0),
-            ),
-            (
-                agent::Outcome {
-                    stopped: Some(agent::Stopped::Timeout),
-                    exit_code: Some(124),
-                    ..outcome(None, "")
-                },
-                "claude -p timed out after 600000ms",
-                Some(124),
-            ),
-            (
-                agent::Outcome {
-                    spawn_error: Some("No such file or directory (os error 2)".into()),
-                    ..outcome(None, "")
-                },
-                "could not start /x/claude: No such file or directory (os error 2)",
-                None,
-            ),
-        ];
-        for (mut o, want, code) in cases {
-            let ending = Ending::from_agent(&mut o, "/x/claude", t);
-            assert_eq!(ending.error(), Some(want));
-            let n = note(&info(), ending, Duration::from_millis(5));
-            assert_eq!(n.path, "jobs/runs/brief/x.failed");
-            assert_eq!(n.tags, ["job-run", "digest", "job-run-failed"]);
-            assert_eq!(n.metadata["run_error"], want);
-            assert_eq!(
-                n.metadata["run_exit_code"],
-                code.map_or(Value::Null, Value::from)
-            );
-            assert_eq!(n.metadata["run_stderr_tail"], "warn\n");
-            assert_eq!(
-                n.content,
-                format!(
-                    "# job-run failed\n\n**Reason:** {want}\n\n## stderr (tail)\n\n```\nwarn\n\n```\n"
-                )
-            );
-        }
+    fn the_stream_metadata_lands_in_the_note() {
+        let m = Meta {
+            exit_code: 0,
+            cost_usd: Some(0.006),
+            usage: Some(Usage {
+                input_tokens: 1000,
+                output_tokens: 200,
+                cache_read_input_tokens: 3,
+                cache_creation_input_tokens: 4,
+            }),
+            num_turns: Some(2),
+            session_id: Some("s-1".into()),
+            agent_version: Some("2.1.197".into()),
+            denials: vec!["Bash".into()],
+            attempts: 2,
+            attempt_errors: vec!["claude -p: API error 529: Overloaded".into()],
+            ..Meta::default()
+        };
+        let failure = Ending::Failure(Failure {
+            error: "claude -p: API error 401: Invalid API key".into(),
+            cause: Cause::Api,
+            transient: false,
+            api_status: Some(401),
+            agent_said: Some("Invalid API key".into()),
+            stderr_tail: String::new(),
+        });
+        let n = note(&info(), failure, &m, Duration::ZERO);
+        let md = Value::Object(n.metadata);
+        assert_eq!(md["run_cost_usd"], 0.006);
+        assert_eq!(
+            md["run_usage"],
+            json!({"input_tokens": 1000, "output_tokens": 200, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 4})
+        );
+        assert_eq!(md["run_num_turns"], 2);
+        assert_eq!(md["run_session_id"], "s-1");
+        assert_eq!(md["run_agent_version"], "2.1.197");
+        assert_eq!(md["run_permission_denials"], json!(["Bash"]));
+        assert_eq!(md["run_attempts"], 2);
+        assert_eq!(
+            md["run_attempt_errors"],
+            json!(["claude -p: API error 529: Overloaded"])
+        );
+        assert_eq!(md["run_api_error_status"], 401);
+        assert_eq!(
+            n.content,
+            "# job-run failed\n\n**Reason:** claude -p: API error 401: Invalid API key\n\n## Agent said\n\nInvalid API key\n\n## Denied tools\n\nBash\n\n## stderr (tail)\n\n```\n(empty)\n```\n"
+        );
     }
 
     #[test]
-    fn empty_stderr_and_truncation() {
-        let ending = Ending::Failure {
-            error: "e".into(),
-            exit_code: None,
-            stderr_tail: String::new(),
-            truncated: false,
-        };
-        assert!(
-            note(&info(), ending, Duration::ZERO)
-                .content
-                .contains("```\n(empty)\n```")
+    fn a_plain_failure_and_truncation() {
+        let ending = Ending::Failure(Failure::plain("e", Cause::Template));
+        let mut m = meta();
+        m.exit_code = 2;
+        let n = note(&info(), ending, &m, Duration::ZERO);
+        assert_eq!(n.path, "jobs/runs/brief/x.failed");
+        assert_eq!(n.tags, ["job-run", "digest", "job-run-failed"]);
+        assert_eq!(n.metadata["run_exit_code"], 2);
+        assert!(n.content.contains("```\n(empty)\n```"));
+        assert!(!n.content.contains("## Agent said"));
+        assert!(!n.content.contains("## Denied tools"));
+        let mut m = meta();
+        m.truncated = true;
+        let n = note(
+            &info(),
+            Ending::Success {
+                answer: "big".into(),
+            },
+            &m,
+            Duration::ZERO,
         );
-        let ending = Ending::Success {
-            stdout: "big".into(),
-            truncated: true,
-        };
-        let n = note(&info(), ending.clone(), Duration::ZERO);
         assert_eq!(n.content, "big\n[output truncated at 8 MiB]");
         assert_eq!(n.metadata["run_output_truncated"], true);
         let mut manual = info();
         manual.slot = None;
         manual.trigger = Trigger::Manual;
-        let n = note(&manual, ending, Duration::ZERO);
+        let n = note(
+            &manual,
+            Ending::Success { answer: "x".into() },
+            &meta(),
+            Duration::ZERO,
+        );
         assert!(!n.metadata.contains_key("run_scheduled_for"));
         assert_eq!(n.metadata["run_trigger"], "manual");
-    }
-
-    #[test]
-    fn stderr_tail_is_the_last_2048_bytes() {
-        let mut o = outcome(Some(1), "");
-        o.stderr_tail = format!("{}é{}", "a".repeat(3000), "b".repeat(2047)).into_bytes();
-        let Ending::Failure { stderr_tail, .. } =
-            Ending::from_agent(&mut o, "claude", Duration::from_secs(1))
-        else {
-            panic!()
-        };
-        // 2048 bytes back lands inside `é`: the cut moves to the next char.
-        assert_eq!(stderr_tail, "b".repeat(2047));
     }
 }

@@ -17,12 +17,12 @@ use crate::engine::{self, Manual, Runtime, Scope, Verdict};
 use crate::error::Error;
 use crate::job::{Job, JobError};
 use crate::run::{self, Claimed, Report};
-use crate::{EXIT_JOB_FAILED, EXIT_OK, agent, os, recover};
+use crate::{EXIT_JOB_FAILED, EXIT_OK, os, recover};
 
 /// What happened to one job in this pass.
 #[derive(Debug)]
 enum Line {
-    Ran(Report),
+    Ran(Box<Report>),
     Invalid(JobError),
     /// Not run, for a reason worth a line.
     Skipped {
@@ -53,7 +53,6 @@ pub fn run(args: &OnceArgs, env: &Env) -> Result<u8, Error> {
     let (config, mut rt) = setup(&args.common, env)?;
     rt.date_override = args.date;
     os::raise_fd_limit();
-    agent::warn_if_root(env);
     if args.dry_run {
         return dry_run(args, &rt);
     }
@@ -160,10 +159,10 @@ fn execute_all(rt: &Runtime, claimed: Vec<Claimed>, workers: usize, json: bool) 
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                     let Some(claimed) = next else { break };
-                    let report = run::execute(rt, claimed, |_| {});
+                    let report = run::execute(rt, claimed, &run::NoHooks);
                     print_line(&report_line(&report, rt.vault.as_ref()), json);
                     if let Ok(mut d) = done.lock() {
-                        d.push(Line::Ran(report));
+                        d.push(Line::Ran(Box::new(report)));
                     }
                 }
             });
@@ -317,7 +316,7 @@ fn dry_run(args: &OnceArgs, rt: &Runtime) -> Result<u8, Error> {
         );
         let _ = write!(text, "; output {}", info.output_path);
         if let Err(e) = &prompt {
-            let _ = write!(text, " ({e})");
+            let _ = write!(text, " ({})", e.error);
         }
         text.push('\n');
         rows.insert(
@@ -325,7 +324,7 @@ fn dry_run(args: &OnceArgs, rt: &Runtime) -> Result<u8, Error> {
             json!({
                 "path": job.path, "decision": what, "trigger": trigger.map(Trigger::as_str),
                 "slot": slot.map(|s| format!("{s:.0}")), "next": next.map(|n| format!("{n:.0}")),
-                "output_path": info.output_path, "error": prompt.err(),
+                "output_path": info.output_path, "error": prompt.err().map(|f| f.error),
             }),
         );
     }

@@ -11,7 +11,12 @@
 
 use std::io;
 
-pub use libc::{SIGKILL, SIGTERM};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+pub use libc::{SIGINT, SIGKILL, SIGTERM};
 
 /// Sends `signal` to every process in group `pgid`. `Ok(false)` when the
 /// group has no process left.
@@ -34,6 +39,120 @@ pub fn kill_group(pgid: u32, signal: i32) -> io::Result<bool> {
         Ok(false)
     } else {
         Err(err)
+    }
+}
+
+/// Sends `signal` to process `pid`. `Ok(false)` when it is gone.
+pub fn kill_pid(pid: u32, signal: i32) -> io::Result<bool> {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // Never pid 0 (our group), 1 (init) or ourselves.
+    if pid <= 1 || pid as u32 == std::process::id() {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Makes this process the "child subreaper" of its descendants: a process
+/// whose parent dies is re-parented to us instead of init, so what an
+/// agent left behind can still be found (and must be reaped by us).
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes plain integers and
+    // touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reaps the zombie `pid` if it is one of our children and has exited;
+/// `true` when it was reaped. Only for processes no `Child` handle owns
+/// (re-parented orphans), or that handle's wait would fail.
+pub fn reap(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 1 {
+        return false;
+    }
+    let mut status = 0;
+    // SAFETY: `status` is a live local the call writes one int to;
+    // WNOHANG makes it return at once.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    rc == pid
+}
+
+/// Makes the child of `cmd` join a cgroup before it runs anything: it
+/// writes "0" (itself) to the cgroup's `cgroup.procs`, opened here as
+/// `procs`, between fork and exec. So no process the agent starts is ever
+/// outside the cgroup. A write that fails leaves the child where it is
+/// (the caller checks where it landed): the run must not fail for it.
+pub fn join_cgroup_before_exec(cmd: &mut Command, procs: OwnedFd) {
+    let fd = procs.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec. It only
+    // calls write(2), which is async-signal-safe, on a descriptor that
+    // `procs` keeps open (the closure owns it for as long as `cmd` lives;
+    // it is close-on-exec, so the agent never sees it). It allocates
+    // nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &procs;
+            let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
+            Ok(())
+        });
+    }
+}
+
+/// Sets `fd` non-blocking (the agent's stdin pipe, so its writer can give
+/// up when the run ends whoever holds the other end).
+pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl with F_GETFL/F_SETFL takes and returns plain integers.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits up to `limit` for `fd` to be writable. `Ok(true)`: writable (or
+/// the other end is closed, which the next write reports).
+pub fn wait_writable(fd: &impl AsRawFd, limit: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(limit.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one live pollfd on our stack; poll reads and writes
+    // exactly that one entry.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    match rc {
+        0 => Ok(false),
+        n if n > 0 => Ok(true),
+        _ => {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(err)
+            }
+        }
     }
 }
 
@@ -81,13 +200,49 @@ pub fn raise_fd_limit() {
 /// A process's group id and start time (clock ticks after boot), from
 /// /proc; `None` if it is gone or a zombie.
 pub fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let p = process(pid)?;
+    (!p.zombie).then_some((p.pgid, p.start))
+}
+
+/// What /proc says of one process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub pgid: u32,
+    pub sid: u32,
+    /// Start time, clock ticks after boot: with the pid, it names one
+    /// process (a pid can be reused, the pair cannot within a boot).
+    pub start: u64,
+    /// Exited, not reaped yet.
+    pub zombie: bool,
+}
+
+/// `/proc/<pid>/stat`, or `None` if the process is gone.
+pub fn process(pid: u32) -> Option<Process> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may itself hold ") ".
     let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    if matches!(rest.first(), Some(&"Z") | Some(&"X") | None) {
-        return None;
-    }
-    Some((rest.get(2)?.parse().ok()?, rest.get(19)?.parse().ok()?))
+    let state = *rest.first()?;
+    Some(Process {
+        pid,
+        ppid: rest.get(1)?.parse().ok()?,
+        pgid: rest.get(2)?.parse().ok()?,
+        sid: rest.get(3)?.parse().ok()?,
+        start: rest.get(19)?.parse().ok()?,
+        zombie: matches!(state, "Z" | "X"),
+    })
+}
+
+/// Every process /proc shows now.
+pub fn processes() -> Vec<Process> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(process)
+        .collect()
 }
 
 /// This boot's id: pids and start times are only comparable within one.

@@ -12,7 +12,8 @@ use std::time::Duration;
 use crate::engine::Runtime;
 use crate::files;
 use crate::instant::until;
-use crate::note::{self, Ending, RunInfo};
+use crate::judge::{Cause, Ending, Failure, Meta};
+use crate::note::{self, RunInfo};
 use crate::os;
 use crate::outbox::OUTBOX_DIR;
 use crate::run;
@@ -57,14 +58,17 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
                         running.output_tags.clone()
                     },
                 };
-                let ending = Ending::Failure {
-                    error: "interrupted: runner stopped before the run finished".to_string(),
-                    exit_code: None,
-                    stderr_tail: String::new(),
-                    truncated: false,
+                let ending = Ending::Failure(Failure::plain(
+                    "interrupted: runner stopped before the run finished",
+                    Cause::Interrupted,
+                ));
+                let meta = Meta {
+                    exit_code: 130,
+                    attempts: 1,
+                    ..Meta::default()
                 };
                 let elapsed = until(running.started_at, now);
-                let note = note::note(&info, ending, elapsed);
+                let note = note::note(&info, ending, &meta, elapsed);
                 if let Err(e) = rt.outbox.spool(path, false, &note, now) {
                     log::error!(
                         "{path}: could not queue the interrupted note of run {}: {e}",
@@ -121,6 +125,14 @@ fn stop_orphans(tmp: &Path, job_path: &str, run_id: &str) {
     let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return;
     };
+    if let Some(cgroup) = record["cgroup"].as_str() {
+        let killed = crate::contain::kill_leftover_cgroup(Path::new(cgroup));
+        if killed > 0 {
+            log::warn!(
+                "{job_path}: stopped {killed} process(es) left in the cgroup of run {run_id}"
+            );
+        }
+    }
     let (Some(pgid), Some(start)) = (
         record["pgid"].as_u64().and_then(|p| u32::try_from(p).ok()),
         record["start"].as_u64(),

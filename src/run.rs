@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -19,12 +19,14 @@ use crate::due::Trigger;
 use crate::engine::Runtime;
 use crate::files;
 use crate::job::Job;
-use crate::note::{self, Ending, RunInfo};
+use crate::judge::{self, Cause, Ending, Failure, Meta};
+use crate::note::{self, RunInfo};
 use crate::os;
 use crate::outbox::Delivery;
 use crate::random;
 use crate::state::{JobState, LastRun, Lock, Locked, Running, StateError, Store};
 use crate::template::{self, Vars};
+use crate::tools;
 use crate::vault::normalize;
 
 /// Where MCP config files live while their run goes on.
@@ -46,8 +48,9 @@ pub fn agent_record_path(tmp: &Path, run_id: &str) -> PathBuf {
 pub struct Claimed {
     pub job: Job,
     pub info: RunInfo,
-    /// The rendered prompt, or the template error that fails the run.
-    pub prompt: Result<String, String>,
+    /// The rendered prompt, or what fails the run before it starts (a
+    /// template error).
+    pub prompt: Result<String, Failure>,
     _lock: Lock,
 }
 
@@ -67,7 +70,31 @@ pub struct Report {
     /// Why the note is still queued.
     pub queued_because: Option<String>,
     pub duration: Duration,
+    /// Why it failed, for `/metrics`.
+    pub cause: Option<Cause>,
+    /// The agent's stream facts, summed over the attempts.
+    pub meta: Meta,
 }
+
+/// What a driver learns of a run while it goes on, and how it waits
+/// between attempts.
+pub trait Hooks {
+    /// The agent of an attempt runs; `cancel` stops it (shutdown, a
+    /// signal).
+    fn started(&self, _cancel: Canceller) {}
+
+    /// Waits `delay` before another attempt; `Err(reason)` gives up (the
+    /// runner is stopping), which ends the run as `interrupted: <reason>`.
+    fn wait_to_retry(&self, delay: Duration) -> Result<(), String> {
+        std::thread::sleep(delay);
+        Ok(())
+    }
+}
+
+/// No hooks: nothing to tell, plain sleeps.
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}
 
 /// Renders a job's templates for one run. The time variables come from
 /// `slot` (scheduled runs) or `start` (manual runs).
@@ -77,7 +104,7 @@ pub fn prepare(
     slot: Option<Timestamp>,
     start: Timestamp,
     date_override: Option<Date>,
-) -> (RunInfo, Result<String, String>) {
+) -> (RunInfo, Result<String, Failure>) {
     let run_id = random::uuid_v4();
     let vars = Vars::new(
         slot.unwrap_or(start),
@@ -109,7 +136,10 @@ pub fn prepare(
         Ok((path, prompt)) => (path, Ok(prompt)),
         Err(e) => (
             format!("jobs/runs/{}/render-error-{run_id}", job.name()),
-            Err(format!("template error: {e}")),
+            Err(Failure::plain(
+                format!("template error: {e}"),
+                Cause::Template,
+            )),
         ),
     };
     let info = RunInfo {
@@ -134,7 +164,7 @@ pub fn claim(
     locked: &mut Locked,
     job: Job,
     info: RunInfo,
-    prompt: Result<String, String>,
+    prompt: Result<String, Failure>,
 ) -> Result<Option<Claimed>, StateError> {
     let Some(lock) = store.try_lock_job(&job.path)? else {
         return Ok(None);
@@ -170,9 +200,10 @@ pub fn claim(
     }))
 }
 
-/// Runs a claimed job to the end and returns its report. `on_start` gets a
-/// `Canceller` once the agent runs (serve uses it on shutdown).
-pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller)) -> Report {
+/// Runs a claimed job to the end and returns its report: its attempts
+/// (a transient failure is tried again, SPEC §6.5), then its note, spooled,
+/// recorded and delivered.
+pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
     let Claimed {
         job,
         mut info,
@@ -180,21 +211,30 @@ pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller))
         _lock,
     } = claimed;
     info.started_at = rt.clock.now();
-    let (ending, duration) = match prompt {
-        Err(error) => (
-            Ending::Failure {
-                error,
-                exit_code: None,
-                stderr_tail: String::new(),
-                truncated: false,
-            },
-            Duration::ZERO,
-        ),
-        Ok(prompt) => run_agent(rt, &job, &info, prompt, on_start),
+    let started = Instant::now();
+    let (ending, meta) = match prompt {
+        Err(failure) => {
+            let meta = Meta {
+                exit_code: failure.cause.exit_code().unwrap_or(1),
+                attempts: 1,
+                ..Meta::default()
+            };
+            (Ending::Failure(failure), meta)
+        }
+        Ok(prompt) => run_attempts(rt, &job, &info, prompt, hooks),
     };
+    let duration = started.elapsed();
     let ok = ending.is_success();
     let error = ending.error().map(String::from);
-    let note = note::note(&info, ending, duration);
+    let cause = ending.failure().map(|f| f.cause);
+    if !meta.denials.is_empty() {
+        log::warn!(
+            "{}: the agent was denied: {}",
+            job.path,
+            meta.denials.join(", ")
+        );
+    }
+    let note = note::note(&info, ending, &meta, duration);
     let mut report = Report {
         job_path: job.path.clone(),
         run_id: info.run_id.clone(),
@@ -206,6 +246,8 @@ pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller))
         output_path: note.path.clone(),
         queued_because: None,
         duration,
+        cause,
+        meta,
     };
 
     // 1. The note is safe on disk before the run is marked finished.
@@ -261,59 +303,158 @@ pub fn execute(rt: &Runtime, claimed: Claimed, on_start: impl FnOnce(Canceller))
 /// other outcome.
 pub fn abandon(rt: &Runtime, claimed: Claimed, reason: &str) -> Report {
     let mut claimed = claimed;
-    claimed.prompt = Err(reason.to_string());
-    execute(rt, claimed, |_| {})
+    claimed.prompt = Err(Failure::plain(
+        format!("interrupted: {reason}"),
+        Cause::Interrupted,
+    ));
+    execute(rt, claimed, &NoHooks)
 }
 
-fn run_agent(
+/// The delay before attempt `attempt + 1` (`attempt` ≥ 1 failed): `base`
+/// doubling each time, times `1 + 0.2 × jitter` (`jitter` in −1..=1).
+pub fn retry_delay(base: Duration, attempt: u32, jitter: f64) -> Duration {
+    let doubled = base.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(20) as i32);
+    let factor = 1.0 + 0.2 * jitter.clamp(-1.0, 1.0);
+    Duration::try_from_secs_f64(doubled * factor).unwrap_or(Duration::MAX)
+}
+
+/// A random number in −1..=1, for jitter.
+fn jitter() -> f64 {
+    let mut b = [0u8; 2];
+    let _ = random::fill(&mut b);
+    f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX) * 2.0 - 1.0
+}
+
+/// Runs the agent until an attempt succeeds, fails for good, or the
+/// retries are used up.
+fn run_attempts(
     rt: &Runtime,
     job: &Job,
     info: &RunInfo,
     prompt: String,
-    on_start: impl FnOnce(Canceller),
-) -> (Ending, Duration) {
+    hooks: &dyn Hooks,
+) -> (Ending, Meta) {
     let setup = rt.vault.agent_setup();
     let tmp = rt.tmp_dir();
     let mcp_path = mcp_config_path(&tmp, &info.run_id);
     let written = files::create_private_dir(&tmp)
         .and_then(|()| files::write_ephemeral(&mcp_path, setup.mcp_config.as_bytes()));
     if let Err(e) = written {
-        let ending = Ending::Failure {
-            error: format!("could not write the MCP config {}: {e}", mcp_path.display()),
-            exit_code: None,
-            stderr_tail: String::new(),
-            truncated: false,
+        let failure = Failure::plain(
+            format!("could not write the MCP config {}: {e}", mcp_path.display()),
+            Cause::Other,
+        );
+        let meta = Meta {
+            exit_code: 1,
+            attempts: 1,
+            ..Meta::default()
         };
-        return (ending, Duration::ZERO);
+        return (Ending::Failure(failure), meta);
     }
     let _remove = RemoveOnDrop(&mcp_path);
-    // Which process group the agent is, so that a pass after a crash of
-    // this runner can stop what it left running.
+    // Which process group (and cgroup) the agent is, so that a pass after a
+    // crash of this runner can stop what it left running.
     let agent_path = agent_record_path(&tmp, &info.run_id);
     let _remove_agent = RemoveOnDrop(&agent_path);
-    let on_start = |cancel: Canceller| {
-        let pid = cancel.pid();
-        if let Some((_, start)) = os::proc_stat(pid) {
-            let record = serde_json::json!({"pgid": pid, "start": start, "boot_id": os::boot_id()});
-            if let Err(e) = files::write_ephemeral(&agent_path, record.to_string().as_bytes()) {
-                log::warn!("{}: could not record the agent's pid: {e}", job.path);
-            }
-        }
-        on_start(cancel);
-    };
-    let request = agent::Request {
-        program: rt.claude_bin.clone(),
-        args: agent::claude_args(&mcp_path, &job.allowed_tools, &job.model),
-        env: rt.child_env.clone(),
-        cwd: setup.cwd,
-        stdin: prompt.into_bytes(),
+    let a = &job.agent;
+    let mode = a.permission_mode.unwrap_or(rt.defaults.permission_mode);
+    if !mode.enforces_allowed_tools() {
+        log::warn!("{}", tools::bypass_warning(&job.path));
+    }
+    agent::warn_if_root(&rt.child_env, mode);
+    let max_budget_usd = a.max_budget_usd.or(rt.defaults.max_budget_usd);
+    let args = agent::claude_args(&agent::Args {
+        mcp_config: &mcp_path,
+        allowed_tools: &job.allowed_tools,
+        permission_mode: mode,
+        model: &job.model,
+        disallowed_tools: &a.disallowed_tools,
+        max_turns: a.max_turns,
+        max_budget_usd,
+        fallback_model: &a.fallback_model,
+    });
+    let cx = judge::Context {
+        bin: &rt.claude_bin,
         timeout: job.timeout,
+        mcp_server: setup.mcp_server.as_deref(),
+        max_turns: a.max_turns,
+        max_budget_usd,
     };
-    let mut outcome = agent::run(request, on_start);
-    (
-        Ending::from_agent(&mut outcome, &rt.claude_bin, job.timeout),
-        outcome.duration,
-    )
+    let retries = a.retries.unwrap_or(rt.defaults.retries);
+    let base_delay = a.retry_delay.unwrap_or(rt.defaults.retry_delay);
+    let prompt = prompt.into_bytes();
+    let mut total: Option<Meta> = None;
+    let mut attempt_errors = Vec::new();
+    let mut attempt = 1;
+    loop {
+        let request = agent::Request {
+            program: rt.claude_bin.clone(),
+            args: args.clone(),
+            env: rt.child_env.clone(),
+            cwd: setup.cwd.clone(),
+            stdin: prompt.clone(),
+            timeout: job.timeout,
+            run_id: info.run_id.clone(),
+        };
+        let mut outcome = agent::run(request, |cancel: Canceller| {
+            record_agent(&agent_path, &cancel, &job.path);
+            hooks.started(cancel);
+        });
+        let (ending, meta) = judge::judge(&mut outcome, &cx);
+        if outcome.left_behind > 0 {
+            log::warn!(
+                "{}: stopped {} process(es) its agent left running",
+                job.path,
+                outcome.left_behind
+            );
+        }
+        let total = match total.as_mut() {
+            Some(t) => {
+                t.absorb(meta);
+                t
+            }
+            None => total.insert(meta),
+        };
+        total.attempts = attempt;
+        let retry = match &ending {
+            Ending::Failure(f) if f.transient && attempt <= retries => Some(f.error.clone()),
+            _ => None,
+        };
+        let Some(error) = retry else {
+            total.attempt_errors = attempt_errors;
+            return (ending, total.clone());
+        };
+        let delay = retry_delay(base_delay, attempt, jitter());
+        log::warn!(
+            "{}: attempt {attempt} failed ({error}); trying again in {:.0}s",
+            job.path,
+            delay.as_secs_f64()
+        );
+        attempt_errors.push(error);
+        if let Err(reason) = hooks.wait_to_retry(delay) {
+            let failure = Failure::plain(format!("interrupted: {reason}"), Cause::Interrupted);
+            total.exit_code = 130;
+            total.attempt_errors = attempt_errors;
+            return (Ending::Failure(failure), total.clone());
+        }
+        attempt += 1;
+    }
+}
+
+/// Writes which process group and cgroup the agent is in.
+fn record_agent(path: &Path, cancel: &Canceller, job_path: &str) {
+    let pid = cancel.pid();
+    if let Some((_, start)) = os::proc_stat(pid) {
+        let record = serde_json::json!({
+            "pgid": pid,
+            "start": start,
+            "boot_id": os::boot_id(),
+            "cgroup": cancel.cgroup().map(|c| c.display().to_string()),
+        });
+        if let Err(e) = files::write_ephemeral(path, record.to_string().as_bytes()) {
+            log::warn!("{job_path}: could not record the agent's pid: {e}");
+        }
+    }
 }
 
 struct RemoveOnDrop<'a>(&'a Path);
@@ -376,7 +517,7 @@ mod tests {
             ("output_path: \"{{date}}/../..\"\n", "ok"),
         ] {
             let (info, prompt) = prepare(&job(extra, body), Trigger::Manual, None, now, None);
-            assert!(prompt.unwrap_err().starts_with("template error: "));
+            assert!(prompt.unwrap_err().error.starts_with("template error: "));
             assert_eq!(
                 info.output_path,
                 format!("jobs/runs/daily-brief/render-error-{}", info.run_id)
@@ -395,7 +536,7 @@ mod tests {
             None,
         );
         assert_eq!(
-            prompt.unwrap_err(),
+            prompt.unwrap_err().error,
             "template error: unknown variables {{bad}} in output_path, {{nope}} in prompt; \
              supported: date, time, datetime, yesterday, job_name, job_path, run_id"
         );

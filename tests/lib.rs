@@ -16,5 +16,6 @@ mod files;
 mod fuzz;
 mod hostile_http;
 mod once;
+mod real_claude_probe;
 mod secrets;
 mod serve;

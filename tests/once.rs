@@ -52,6 +52,7 @@ fn a_due_job_runs_and_its_output_note_is_exactly_the_contract() {
             "model",
             "parent_job_id",
             "parent_job_path",
+            "run_attempts",
             "run_duration_ms",
             "run_exit_code",
             "run_id",
@@ -110,13 +111,16 @@ fn exact_argv_and_a_private_mcp_config_that_is_removed() {
             mcp_path.as_str(),
             "--allowedTools",
             "Read,mcp__parachute-vault-default__search",
+            "--tools",
+            "Read",
             "--permission-mode",
-            "bypassPermissions",
+            "dontAsk",
             "--model",
             "test-model",
             "--no-session-persistence",
             "--output-format",
-            "text"
+            "stream-json",
+            "--verbose"
         ]
     );
     assert!(
@@ -266,7 +270,7 @@ fn failure_exit_code() {
     assert_eq!(meta(&note, "run_stderr_tail"), "boom\n");
     assert_eq!(
         note.content,
-        "# job-run failed\n\n**Reason:** claude -p exited with code 3\n\n## stderr (tail)\n\n```\nboom\n\n```\n"
+        "# job-run failed\n\n**Reason:** claude -p exited with code 3\n\n## Agent said\n\npartial\n\n## stderr (tail)\n\n```\nboom\n\n```\n"
     );
     assert!(
         ran.stdout()
@@ -283,7 +287,7 @@ fn failure_exit_code() {
 #[test]
 fn failure_empty_stdout() {
     let (_w, _, note) = failed_run("empty", FakeClaude::new().prints("  \n\n"), "");
-    assert_eq!(meta(&note, "run_error"), "claude -p produced empty stdout");
+    assert_eq!(meta(&note, "run_error"), "claude -p: empty answer");
     assert_eq!(meta(&note, "run_exit_code"), 0);
     assert!(note.content.contains("```\n(empty)\n```"));
 }
@@ -312,7 +316,7 @@ fn failure_missing_binary() {
         meta(&note, "run_error"),
         "could not start /nonexistent/claude: No such file or directory (os error 2)"
     );
-    assert_eq!(meta(&note, "run_exit_code"), Value::Null);
+    assert_eq!(meta(&note, "run_exit_code"), 127);
 }
 
 #[test]

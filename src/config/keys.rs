@@ -4,13 +4,16 @@
 //! go through this table, so a key is described once.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::{Env, MAX_CONCURRENT_JOBS, MAX_POLL_INTERVAL, VaultTarget};
 use crate::error::Problem;
+use crate::job;
 use crate::schedule::Zone;
 use crate::secrets::Secret;
+use crate::tools::PermissionMode;
 
 /// The settings one source gives; `None` = not set there.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -23,6 +26,10 @@ pub struct Settings {
     pub disabled: Option<bool>,
     pub claude_bin: Option<String>,
     pub timezone: Option<String>,
+    pub permission_mode: Option<PermissionMode>,
+    pub max_budget_usd: Option<f64>,
+    pub retries: Option<u32>,
+    pub retry_delay: Option<Duration>,
 }
 
 impl Settings {
@@ -39,7 +46,11 @@ impl Settings {
             max_concurrent_jobs,
             disabled,
             claude_bin,
-            timezone
+            timezone,
+            permission_mode,
+            max_budget_usd,
+            retries,
+            retry_delay
         );
     }
 }
@@ -74,6 +85,24 @@ impl Raw<'_> {
             _ => Err(format!(
                 "expected an integer from {min} to {max} (got {shown})"
             )),
+        }
+    }
+
+    fn positive(self) -> Result<f64, String> {
+        let (n, shown) = match self {
+            Raw::Json(v) => (v.as_f64(), v.to_string()),
+            Raw::Text(t) => (t.trim().parse::<f64>().ok(), format!("{t:?}")),
+        };
+        match n {
+            Some(n) if n > 0.0 && n.is_finite() => Ok(n),
+            _ => Err(format!("expected a number more than 0 (got {shown})")),
+        }
+    }
+
+    fn duration(self, max: Duration) -> Result<Duration, String> {
+        match self {
+            Raw::Json(v) => job::duration_value(v, max),
+            Raw::Text(t) => job::duration_value(&Value::String(t.to_string()), max),
         }
     }
 
@@ -114,7 +143,7 @@ macro_rules! key {
 }
 
 /// Every key config.json may hold, in the order messages list them.
-pub const KEYS: [Key; 8] = [
+pub const KEYS: [Key; 12] = [
     key!(
         "vault_url",
         "PARACHUTE_RUNNER_VAULT_URL",
@@ -162,6 +191,29 @@ pub const KEYS: [Key; 8] = [
         "PARACHUTE_RUNNER_TIMEZONE",
         timezone,
         |r: Raw<'_>| check_zone(&r.string()?)
+    ),
+    key!(
+        "permission_mode",
+        "PARACHUTE_RUNNER_PERMISSION_MODE",
+        permission_mode,
+        |r: Raw<'_>| PermissionMode::parse(&r.string()?)
+    ),
+    key!(
+        "max_budget_usd",
+        "PARACHUTE_RUNNER_MAX_BUDGET_USD",
+        max_budget_usd,
+        Raw::positive
+    ),
+    key!("retries", "PARACHUTE_RUNNER_RETRIES", retries, |r: Raw<
+        '_,
+    >| r
+        .integer(0, job::MAX_RETRIES)
+        .map(|n| n as u32)),
+    key!(
+        "retry_delay",
+        "PARACHUTE_RUNNER_RETRY_DELAY",
+        retry_delay,
+        |r: Raw<'_>| r.duration(job::MAX_RETRY_DELAY)
     ),
 ];
 

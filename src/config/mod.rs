@@ -14,13 +14,14 @@ mod patch;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 pub use env::{Env, cli_zone, clock};
 #[cfg(test)]
 pub use keys::names as key_names;
-pub use keys::{Settings, check_token, parse_env, parse_file};
+pub use keys::{Settings, check_token, http_url, parse_env, parse_file};
 pub use patch::{apply as apply_patch, deferred};
 
 use crate::clock::Clock;
@@ -28,6 +29,7 @@ use crate::error::Problem;
 use crate::files;
 use crate::schedule::Zone;
 use crate::secrets::{Secret, SecretStore, SecretsError};
+use crate::tools::PermissionMode;
 use crate::vault::Timeouts;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -36,6 +38,8 @@ pub const DEFAULT_VAULT_NAME: &str = "default";
 pub const DEFAULT_POLL_INTERVAL: u64 = 60;
 pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 4;
 pub const DEFAULT_CLAUDE_BIN: &str = "claude";
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// Upper bounds that keep arithmetic and thread counts sane.
 pub const MAX_POLL_INTERVAL: u64 = 86_400;
 pub const MAX_CONCURRENT_JOBS: usize = 256;
@@ -106,6 +110,12 @@ pub struct Config {
     pub disabled: bool,
     pub claude_bin: String,
     pub timezone: Zone,
+    /// Job defaults (SPEC §6.2, §6.5): the permission mode, the budget cap
+    /// of a run, and how transient failures are retried.
+    pub permission_mode: PermissionMode,
+    pub max_budget_usd: Option<f64>,
+    pub retries: u32,
+    pub retry_delay: Duration,
     /// Vault HTTP timeouts (`PARACHUTE_RUNNER_HTTP_TIMEOUT`).
     pub http: Timeouts,
     /// The hub that signs admin API tokens (`PARACHUTE_HUB_ORIGIN`).
@@ -316,6 +326,10 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
             .claude_bin
             .unwrap_or_else(|| DEFAULT_CLAUDE_BIN.to_string()),
         timezone,
+        permission_mode: settings.permission_mode.unwrap_or_default(),
+        max_budget_usd: settings.max_budget_usd,
+        retries: settings.retries.unwrap_or(DEFAULT_RETRIES),
+        retry_delay: settings.retry_delay.unwrap_or(DEFAULT_RETRY_DELAY),
         http,
         hub_origin,
         clock,

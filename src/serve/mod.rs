@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::agent::{self, Canceller};
+use crate::agent::Canceller;
 use crate::auth::Auth;
 use crate::cli::ServeArgs;
 use crate::clock::Clock;
@@ -99,7 +99,6 @@ pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
         poll_interval: args.poll_interval,
     };
     let config = config::load(env, &overrides)?;
-    agent::warn_if_root(env);
     os::raise_fd_limit();
     let daemon = Arc::new(Daemon::new(config, env.clone(), overrides));
 

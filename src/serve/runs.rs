@@ -11,6 +11,30 @@ use crate::agent::{Canceller, KILL_GRACE};
 use crate::engine::Runtime;
 use crate::run::{self, Claimed, Report};
 
+/// Why runs still going at shutdown end.
+const SHUTTING_DOWN: &str = "runner shutting down";
+
+/// How a run of `serve` tells the daemon that its agent runs, and waits
+/// between attempts without holding a concurrency slot.
+struct ServeHooks<'a> {
+    daemon: &'a Daemon,
+    run_id: &'a str,
+}
+
+impl run::Hooks for ServeHooks<'_> {
+    fn started(&self, cancel: Canceller) {
+        self.daemon.started_run(self.run_id, cancel);
+    }
+
+    fn wait_to_retry(&self, delay: Duration) -> Result<(), String> {
+        if self.daemon.wait_to_retry(self.run_id, delay) {
+            Ok(())
+        } else {
+            Err(SHUTTING_DOWN.to_string())
+        }
+    }
+}
+
 impl Daemon {
     /// Counts a claimed run as live (waiting for a permit until it starts),
     /// for shutdown and `/metrics`.
@@ -39,11 +63,13 @@ impl Daemon {
     pub fn work(self: &Arc<Self>, rt: &Runtime, claimed: Claimed) -> Report {
         let run_id = claimed.info.run_id.clone();
         let report = if self.acquire_permit(&run_id) {
-            let daemon = Arc::clone(self);
-            let id = run_id.clone();
-            run::execute(rt, claimed, move |cancel| daemon.started_run(&id, cancel))
+            let hooks = ServeHooks {
+                daemon: self,
+                run_id: &run_id,
+            };
+            run::execute(rt, claimed, &hooks)
         } else {
-            run::abandon(rt, claimed, "interrupted: runner shutting down")
+            run::abandon(rt, claimed, SHUTTING_DOWN)
         };
         log::info!(
             "{}: {} ({}){}",
@@ -56,7 +82,7 @@ impl Daemon {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         );
-        self.metrics.run_finished(report.ok, report.duration);
+        self.metrics.run_finished(&report);
         {
             let mut live = self.live();
             live.remove(&run_id);
@@ -93,6 +119,31 @@ impl Daemon {
         }
     }
 
+    /// Gives the run's permit back while it waits `delay` for its next
+    /// attempt, then waits for a permit again. `false` when shutting down.
+    fn wait_to_retry(&self, run_id: &str, delay: Duration) -> bool {
+        {
+            let mut live = self.live();
+            if let Some(l) = live.get_mut(run_id) {
+                l.cancel = None;
+            }
+            self.run_ended.notify_all();
+            let deadline = Instant::now() + delay;
+            while !self.stopping() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                live = self
+                    .run_ended
+                    .wait_timeout(live, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        }
+        self.acquire_permit(run_id)
+    }
+
     /// Shutdown (SPEC §9.1): no new runs; wait up to `timeout` for the
     /// running ones, then stop the rest with the kill sequence; their notes
     /// say `interrupted: runner shutting down`.
@@ -127,7 +178,7 @@ impl Daemon {
             let deadline = Instant::now() + KILL_GRACE + Duration::from_secs(15);
             while !live.is_empty() {
                 for c in live.values().filter_map(|l| l.cancel.as_ref()) {
-                    c.cancel();
+                    c.cancel(SHUTTING_DOWN);
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {

@@ -199,6 +199,7 @@ impl Vault for DirVault {
         AgentSetup {
             mcp_config: "{\"mcpServers\":{}}\n".to_string(),
             cwd: Some(self.root.clone()),
+            mcp_server: None,
         }
     }
 

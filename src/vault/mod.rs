@@ -98,6 +98,9 @@ pub struct AgentSetup {
     pub mcp_config: String,
     /// Working directory for the agent, if the vault wants one.
     pub cwd: Option<PathBuf>,
+    /// The MCP server the agent must report `connected` (none for a
+    /// folder vault, which hands over no server).
+    pub mcp_server: Option<String>,
 }
 
 #[derive(Debug)]

@@ -220,6 +220,7 @@ impl Vault for RestVault {
         AgentSetup {
             mcp_config: mcp_config(&self.vault_url, &self.name, &self.token),
             cwd: None,
+            mcp_server: Some(server_name(&self.name)),
         }
     }
 
@@ -240,12 +241,17 @@ pub fn parse_page(page: &[u8]) -> Result<Vec<Note>, String> {
     })
 }
 
+/// The name of the vault's MCP server in the agent's config.
+pub fn server_name(vault_name: &str) -> String {
+    format!("parachute-vault-{vault_name}")
+}
+
 /// The MCP config of SPEC §6.1, keys in the contract's order.
 pub fn mcp_config(vault_url: &str, name: &str, token: &Secret) -> String {
     let s = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".to_string());
     format!(
         "{{\n  \"mcpServers\": {{\n    {}: {{\n      \"type\": \"http\",\n      \"url\": {},\n      \"headers\": {{\n        \"Authorization\": {}\n      }}\n    }}\n  }}\n}}\n",
-        s(&format!("parachute-vault-{name}")),
+        s(&server_name(name)),
         s(&format!("{vault_url}/vault/{name}/mcp")),
         s(&format!("Bearer {}", token.expose())),
     )

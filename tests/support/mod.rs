@@ -4,9 +4,11 @@
 
 #![allow(dead_code)]
 
+pub mod fake_anthropic;
 pub mod fake_claude;
 pub mod fake_hub;
 pub mod fake_vault;
+pub mod real_claude;
 pub mod world;
 
 use std::ffi::OsStr;

@@ -1,0 +1,483 @@
+//! Keeping account of every process an agent starts, so that none is left
+//! when its run ends (SPEC §6.2). The Bash tool runs its commands in a
+//! session of their own, so killing the agent's process group is not
+//! enough.
+//!
+//! Two mechanisms, chosen once per process:
+//! - **cgroup** (cgroup v2, where the runner may create a child of its own
+//!   cgroup: root, or a systemd unit with `Delegate=yes`): the agent joins
+//!   a fresh cgroup between fork and exec, so every descendant is born in
+//!   it, and the end of the run kills the whole cgroup.
+//! - **subreaper** (everywhere else): the runner is the child subreaper of
+//!   its descendants, so an orphan is re-parented to it rather than to
+//!   init; a scan of /proc every 200 ms records the process groups and
+//!   sessions of the agent's descendants, and the end of the run kills the
+//!   runner's descendants in those, plus orphans that appeared during the
+//!   run and that no other live run may own. Orphans are reaped here.
+//!
+//! Signals and /proc reading are `os`'s; this module decides whom to hit.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::os::{self, Process};
+
+/// How often the subreaper mode looks at the agent's descendants.
+const SCAN_EVERY: Duration = Duration::from_millis(200);
+/// How long `finish` waits for killed processes to be gone.
+const GONE_WITHIN: Duration = Duration::from_secs(2);
+/// Prefix of the cgroups the runner makes.
+pub const CGROUP_PREFIX: &str = "parachute-run-";
+
+/// The mechanism of this process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    /// cgroup v2: each run gets a child of this directory.
+    Cgroup(PathBuf),
+    /// Child subreaper and /proc tracking.
+    Subreaper,
+}
+
+static MECHANISM: OnceLock<Mechanism> = OnceLock::new();
+
+/// Chooses the mechanism (once; later calls return the first answer).
+/// `allow_cgroup: false` forces the subreaper mode.
+pub fn init(allow_cgroup: bool) -> &'static Mechanism {
+    MECHANISM.get_or_init(|| {
+        if allow_cgroup && let Some(dir) = own_cgroup_dir().filter(|d| can_make_child(d)) {
+            log::debug!("agents run in cgroups under {}", dir.display());
+            return Mechanism::Cgroup(dir);
+        }
+        match os::become_subreaper() {
+            Ok(()) => log::debug!("agents are tracked as descendants (child subreaper)"),
+            Err(e) => log::warn!(
+                "cannot become the subreaper of the agents ({e}): a process an agent starts in a session of its own may survive its run"
+            ),
+        }
+        Mechanism::Subreaper
+    })
+}
+
+/// The mechanism in use (chosen now with cgroups allowed if `init` was
+/// never called).
+pub fn mechanism() -> &'static Mechanism {
+    init(true)
+}
+
+/// The cgroup v2 directory this process is in, from /proc/self/cgroup
+/// (`0::<path>`) and the cgroup2 mount in /proc/self/mountinfo.
+fn own_cgroup_dir() -> Option<PathBuf> {
+    let cgroup = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|line| {
+        // `<id> <parent> <dev> <root> <mount point> … - <fstype> <source> …`
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4)
+    })?;
+    let dir = Path::new(mount).join(rel.trim_start_matches('/'));
+    dir.join("cgroup.procs").exists().then_some(dir)
+}
+
+/// Whether a child cgroup can be made (and removed) in `dir`.
+fn can_make_child(dir: &Path) -> bool {
+    let probe = dir.join(format!("{CGROUP_PREFIX}probe-{}", std::process::id()));
+    if fs::create_dir(&probe).is_err() {
+        return false;
+    }
+    let usable = probe.join("cgroup.procs").exists();
+    let _ = fs::remove_dir(&probe);
+    usable
+}
+
+/// The children this process spawned itself and owns a `Child` handle of
+/// (agents): never reaped here, never taken for orphans.
+fn spawned() -> MutexGuard<'static, HashSet<u32>> {
+    static SPAWNED: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
+    SPAWNED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// The start times of the agents of live tracked runs, for telling whose
+/// an orphan nobody saw being born is.
+fn live_starts() -> MutexGuard<'static, HashMap<u32, u64>> {
+    static LIVE: OnceLock<Mutex<HashMap<u32, u64>>> = OnceLock::new();
+    LIVE.get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Containment for one run, before its agent starts.
+pub struct Pending {
+    cgroup: Option<PathBuf>,
+    procs: Option<OwnedFd>,
+}
+
+/// Sets up containment for the run `run_id`: in cgroup mode, a fresh
+/// cgroup.
+pub fn prepare(run_id: &str) -> Pending {
+    let Mechanism::Cgroup(parent) = mechanism() else {
+        return Pending::none();
+    };
+    let dir = parent.join(format!("{CGROUP_PREFIX}{run_id}"));
+    let opened = fs::create_dir(&dir).and_then(|()| {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+    });
+    match opened {
+        Ok(file) => Pending {
+            cgroup: Some(dir),
+            procs: Some(OwnedFd::from(file)),
+        },
+        Err(e) => {
+            log::warn!(
+                "cannot make the cgroup {} ({e}); tracking the agent's processes instead",
+                dir.display()
+            );
+            let _ = fs::remove_dir(&dir);
+            Pending::none()
+        }
+    }
+}
+
+impl Pending {
+    /// No cgroup: tracking.
+    fn none() -> Pending {
+        Pending {
+            cgroup: None,
+            procs: None,
+        }
+    }
+
+    /// Makes the agent of `cmd` join the run's cgroup before it runs.
+    /// `true` when it will.
+    pub fn apply(&mut self, cmd: &mut Command) -> bool {
+        match self.procs.take() {
+            Some(fd) => {
+                os::join_cgroup_before_exec(cmd, fd);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The agent could not be started: undo.
+    pub fn abandon(self) {
+        if let Some(dir) = &self.cgroup {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
+    /// The agent `pid` runs: contain it. If it did not land in its cgroup
+    /// (the write was refused), it is tracked instead.
+    pub fn started(self, pid: u32) -> Contained {
+        spawned().insert(pid);
+        if let Some(dir) = self.cgroup {
+            if cgroup_pids(&dir).contains(&pid) {
+                return Contained {
+                    agent: pid,
+                    kind: Kind::Cgroup(dir),
+                };
+            }
+            let _ = fs::remove_dir(&dir);
+            if os::process(pid).is_some_and(|p| !p.zombie) {
+                log::warn!(
+                    "the agent did not join its cgroup {}; tracking its processes instead",
+                    dir.display()
+                );
+            }
+        }
+        let me = os::process(std::process::id());
+        let agent_start = os::process(pid).map_or(0, |p| p.start);
+        live_starts().insert(pid, agent_start);
+        let tracked = Arc::new(Tracked {
+            agent: pid,
+            agent_start,
+            me: me.map_or((0, 0), |p| (p.pgid, p.sid)),
+            seen: Mutex::default(),
+            stop: AtomicBool::new(false),
+        });
+        let thread = {
+            let tracked = Arc::clone(&tracked);
+            std::thread::Builder::new()
+                .name("agent-scan".into())
+                .spawn(move || {
+                    while !tracked.stop.load(Ordering::Relaxed) {
+                        tracked.scan();
+                        std::thread::sleep(SCAN_EVERY);
+                    }
+                })
+        };
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Without the scans only what is found at the end is
+                // stopped; the run goes on.
+                log::warn!("cannot start the scan of the agent's processes: {e}");
+                None
+            }
+        };
+        tracked.scan();
+        Contained {
+            agent: pid,
+            kind: Kind::Tracked { tracked, thread },
+        }
+    }
+}
+
+/// A running (or finished) agent's processes.
+pub struct Contained {
+    agent: u32,
+    kind: Kind,
+}
+
+enum Kind {
+    Cgroup(PathBuf),
+    Tracked {
+        tracked: Arc<Tracked>,
+        thread: Option<JoinHandle<()>>,
+    },
+}
+
+/// What the subreaper mode has seen of one run.
+struct Tracked {
+    agent: u32,
+    agent_start: u64,
+    /// The runner's own process group and session: never a target.
+    me: (u32, u32),
+    seen: Mutex<Seen>,
+    stop: AtomicBool,
+}
+
+#[derive(Default)]
+struct Seen {
+    pgids: HashSet<u32>,
+    sids: HashSet<u32>,
+    procs: HashSet<(u32, u64)>,
+}
+
+impl Tracked {
+    /// Records the groups and sessions of the run's processes, and reaps
+    /// exited orphans.
+    fn scan(&self) {
+        let all = os::processes();
+        let members = self.members(&all);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &members {
+            if p.pgid != self.me.0 {
+                seen.pgids.insert(p.pgid);
+            }
+            if p.sid != self.me.1 {
+                seen.sids.insert(p.sid);
+            }
+            seen.procs.insert((p.pid, p.start));
+        }
+        drop(seen);
+        reap_orphans(&all);
+    }
+
+    /// The live processes of this run among `all`: the runner's
+    /// descendants that descend from the agent, or are in a group or
+    /// session seen among those, or are orphans born during the run that
+    /// no other live run may own.
+    fn members(&self, all: &[Process]) -> Vec<Process> {
+        let me = std::process::id();
+        let by_pid: HashMap<u32, &Process> = all.iter().map(|p| (p.pid, p)).collect();
+        // The chain of parents from `p` up: whether it reaches `target`
+        // before it leaves the runner's tree.
+        let descends = |p: &Process, target: u32| {
+            let mut at = p.ppid;
+            for _ in 0..4096 {
+                if at == target {
+                    return true;
+                }
+                if at == me || at <= 1 {
+                    return false;
+                }
+                match by_pid.get(&at) {
+                    Some(parent) => at = parent.ppid,
+                    None => return false,
+                }
+            }
+            false
+        };
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let spawned = spawned().clone();
+        let others: Vec<(u32, u64)> = live_starts()
+            .iter()
+            .filter(|(pid, _)| **pid != self.agent)
+            .map(|(pid, start)| (*pid, *start))
+            .collect();
+        all.iter()
+            .filter(|p| !p.zombie && p.pid != me && p.pid != self.agent)
+            .filter(|p| descends(p, me) || p.ppid == me)
+            .filter(|p| {
+                if descends(p, self.agent) || seen.procs.contains(&(p.pid, p.start)) {
+                    return true;
+                }
+                // Another live run's own processes are not ours.
+                if others.iter().any(|(agent, _)| descends(p, *agent)) {
+                    return false;
+                }
+                if (p.pgid != self.me.0 && seen.pgids.contains(&p.pgid))
+                    || (p.sid != self.me.1 && seen.sids.contains(&p.sid))
+                {
+                    return true;
+                }
+                // An orphan never seen: ours if it was born during this
+                // run and no other live run was going on since its birth.
+                !spawned.contains(&p.pid)
+                    && p.start >= self.agent_start
+                    && !others.iter().any(|(_, start)| *start <= p.start)
+            })
+            .copied()
+            .collect()
+    }
+}
+
+/// Reaps the runner's exited children that no `Child` handle owns.
+fn reap_orphans(all: &[Process]) {
+    let me = std::process::id();
+    let spawned = spawned().clone();
+    for p in all {
+        if p.zombie && p.ppid == me && !spawned.contains(&p.pid) {
+            os::reap(p.pid);
+        }
+    }
+}
+
+impl Contained {
+    /// The run's cgroup, if it has one (recorded with the agent, so a
+    /// later pass can stop what a dead runner left in it).
+    pub fn cgroup(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Cgroup(dir) => Some(dir),
+            Kind::Tracked { .. } => None,
+        }
+    }
+
+    /// The run's processes now, its agent aside.
+    fn pids(&self) -> Vec<u32> {
+        match &self.kind {
+            Kind::Cgroup(dir) => cgroup_pids(dir)
+                .into_iter()
+                .filter(|p| *p != self.agent)
+                .collect(),
+            Kind::Tracked { tracked, .. } => tracked
+                .members(&os::processes())
+                .iter()
+                .map(|p| p.pid)
+                .collect(),
+        }
+    }
+
+    /// Whether any process of the run but its agent is left.
+    pub fn any_left(&self) -> bool {
+        !self.pids().is_empty()
+    }
+
+    /// Sends `signal` to every process of the run but its agent.
+    pub fn signal(&self, signal: i32) {
+        for pid in self.pids() {
+            let _ = os::kill_pid(pid, signal);
+        }
+    }
+
+    /// Kills what is left of the run and lets go of it (its cgroup is
+    /// removed, its scans stop). Returns how many processes it killed.
+    /// Call it before the agent is reaped: its zombie keeps its pid, and
+    /// so its group, from being reused.
+    pub fn finish(self) -> usize {
+        match self.kind {
+            Kind::Cgroup(dir) => {
+                let pids = cgroup_pids(&dir);
+                if !pids.is_empty() && fs::write(dir.join("cgroup.kill"), "1").is_err() {
+                    // Before Linux 5.14: one by one.
+                    for pid in &pids {
+                        let _ = os::kill_pid(*pid, os::SIGKILL);
+                    }
+                }
+                let deadline = Instant::now() + GONE_WITHIN;
+                while !cgroup_pids(&dir).is_empty() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if let Err(e) = fs::remove_dir(&dir) {
+                    log::warn!("cannot remove the cgroup {}: {e}", dir.display());
+                }
+                pids.iter().filter(|p| **p != self.agent).count()
+            }
+            Kind::Tracked { tracked, thread } => {
+                tracked.stop.store(true, Ordering::Relaxed);
+                if let Some(t) = thread {
+                    let _ = t.join();
+                }
+                let mut killed = 0;
+                let deadline = Instant::now() + GONE_WITHIN;
+                loop {
+                    let all = os::processes();
+                    let left = tracked.members(&all);
+                    reap_orphans(&all);
+                    if left.is_empty() || Instant::now() >= deadline {
+                        break;
+                    }
+                    for p in &left {
+                        if os::kill_pid(p.pid, os::SIGKILL).unwrap_or(false) {
+                            killed += 1;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                live_starts().remove(&tracked.agent);
+                killed
+            }
+        }
+    }
+}
+
+/// The pids in a cgroup (`cgroup.procs`).
+pub fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Kills everything in a cgroup a dead runner left, and removes it. Only
+/// a directory named like ours under this process's cgroup parent is
+/// touched.
+pub fn kill_leftover_cgroup(dir: &Path) -> usize {
+    let Mechanism::Cgroup(parent) = mechanism() else {
+        return 0;
+    };
+    let ours = dir.parent() == Some(parent.as_path())
+        && dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(CGROUP_PREFIX));
+    if !ours || !dir.exists() {
+        return 0;
+    }
+    Contained {
+        agent: 0,
+        kind: Kind::Cgroup(dir.to_path_buf()),
+    }
+    .finish()
+}
+
+/// The agent `pid` was reaped through its `Child` handle: it is no longer
+/// one of ours.
+pub fn forget(pid: u32) {
+    spawned().remove(&pid);
+}
