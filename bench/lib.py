@@ -26,6 +26,7 @@ Subcommands (all paths absolute or relative to the current directory):
   report SCENARIO SDIR DIR
       read the raw files in SDIR, append rows to DIR/results.jsonl.
   table DIR            print DIR/results.jsonl as a Markdown table.
+  gen-stream FILE MIB  write ~MIB MiB of claude's stream-json lines to FILE.
 """
 
 import json
@@ -551,8 +552,76 @@ def report7(d, rows):
              f"{len(rt)} runs each, baseline min {ms(min(bt))} max {ms(max(bt))}")
 
 
-REPORTS = {"1": report1, "2": report2, "3": report3, "4": report4, "5": report5, "6": report6,
-           "7": report7}
+
+def cmd_gen_stream(path, mib_total):
+    """~MIB_TOTAL MiB of stream-json as claude -p --verbose prints it: an
+    init line, turns of assistant tool calls and text, user tool results
+    (some of 100 KiB), and a result line."""
+    total = int(mib_total) << 20
+    sid = "bench-0000-0000-0000-000000000000"
+    init = {"type": "system", "subtype": "init", "cwd": "/srv/vault", "session_id": sid,
+            "tools": ["Read", "Grep", "Bash"], "mcp_servers": [], "model": "claude-sonnet-4-5",
+            "permissionMode": "dontAsk", "claude_code_version": "2.1.197"}
+    filler = "lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 40
+    big = "x" * (100 << 10)
+    written = 0
+    with open(path, "w") as f:
+        def put(obj):
+            nonlocal written
+            line = json.dumps(obj, separators=(",", ":")) + "\n"
+            f.write(line)
+            written += len(line)
+        put(init)
+        i = 0
+        while written < total:
+            i += 1
+            tid = f"toolu_{i:020d}"
+            put({"type": "assistant", "message": {"id": f"msg_{i}", "type": "message", "role": "assistant",
+                 "model": "claude-sonnet-4-5", "content": [{"type": "text", "text": filler},
+                 {"type": "tool_use", "id": tid, "name": "Read", "input": {"file_path": f"/srv/vault/n{i}.md"}}],
+                 "usage": {"input_tokens": 1000, "output_tokens": 50}}, "session_id": sid})
+            content = big if i % 20 == 0 else filler
+            put({"type": "user", "message": {"role": "user", "content": [{"tool_use_id": tid,
+                 "type": "tool_result", "content": content}]}, "session_id": sid})
+        put({"type": "result", "subtype": "success", "is_error": False, "num_turns": i, "result": "done",
+             "session_id": sid, "total_cost_usd": 1.5, "usage": {"input_tokens": 1000 * i,
+             "output_tokens": 50 * i, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+             "permission_denials": []})
+
+
+def report8(d, rows):
+    s = "8 stream-json flood, 100 MiB"
+    def times(name):
+        out = []
+        for f in sorted(os.listdir(d)):
+            if f.startswith(f"time-{name}") and f.endswith(".txt"):
+                u, sy, m = open(os.path.join(d, f)).read().split()[-3:]
+                out.append((float(u) + float(sy), int(m)))
+        return out
+    rt, jt = times("runner"), times("jq")
+    cpu_r = statistics.median(t for t, _ in rt)
+    cpu_j = statistics.median(t for t, _ in jt)
+    ratio = cpu_r / cpu_j if cpu_j else float("inf")
+    rows.add(s, "CPU (user+sys)", f"{cpu_r:.2f} s", f"{min(t for t, _ in rt):.2f} s",
+             f"{max(t for t, _ in rt):.2f} s", f"{cpu_j:.2f} s (cat | jq -c .)", f"{ratio:.2f}×",
+             "≤ 1×", verdict(ratio <= 1.0),
+             f"{len(rt)} runs each; both include the cat that writes the bytes")
+    hwm = []
+    for f in sorted(os.listdir(d)):
+        if f.startswith("vmhwm") and f.endswith(".txt"):
+            m = re.search(r"peak memory: (\d+) KiB", open(os.path.join(d, f)).read())
+            if m:
+                hwm.append(int(m.group(1)))
+    if hwm:
+        worst = max(hwm)
+        rows.add(s, "runner peak RSS", mib(statistics.median(hwm)), mib(min(hwm)), mib(worst),
+                 f"{mib(statistics.median(m for _, m in jt))} (cat | jq, GNU time)", "–",
+                 "≤ 32 MiB (max)", verdict(worst <= 32 * 1024),
+                 "the runner's own VmHWM, from its debug log")
+    ok = all("ok: jobs/flood" in open(os.path.join(d, f)).read()
+             for f in os.listdir(d) if f.startswith("once") and f.endswith(".txt"))
+    rows.add(s, "run result", "ok" if ok else "not ok", result=verdict(ok),
+             note="the flood ends with a success result line; the note must be a success")
 
 
 def cmd_table(d):
@@ -576,6 +645,10 @@ def cmd_table(d):
             print(f"- {s} {m}: {n}")
 
 
+REPORTS = {"1": report1, "2": report2, "3": report3, "4": report4, "5": report5, "6": report6,
+           "7": report7, "8": report8}
+
+
 def main(argv):
     if not argv:
         sys.exit(__doc__)
@@ -596,6 +669,8 @@ def main(argv):
         cmd_sample_rss(*args)
     elif cmd == "ticks":
         cmd_ticks(*args)
+    elif cmd == "gen-stream":
+        cmd_gen_stream(*args)
     elif cmd == "report":
         REPORTS[args[0]](args[1], Rows(args[2]))
     elif cmd == "table":

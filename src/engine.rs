@@ -63,6 +63,7 @@ impl Runtime {
     /// vault has no token.
     pub fn open(config: &Config) -> Result<Runtime, String> {
         let vault = vault::open(config, config.http)?;
+        crate::contain::init(config.cgroups);
         Ok(Runtime {
             vault,
             store: Store::new(&config.paths.runner_dir),

@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::job::{Job, JobError};
 use crate::schedule::{Schedule, Zone};
 use crate::template;
+use crate::tools::{self, PermissionMode};
 use crate::vault::Note;
 use crate::{EXIT_JOB_FAILED, EXIT_OK, print};
 
@@ -82,6 +83,9 @@ pub fn validate(args: &ValidateArgs, env: &Env) -> Result<u8, Error> {
                     out.push_str("; never fires on its own (manual)\n");
                 } else {
                     let _ = writeln!(out, "; next {}", nexts.join(", "));
+                }
+                if job.agent.permission_mode == Some(PermissionMode::BypassPermissions) {
+                    let _ = writeln!(out, "warning: {}", tools::bypass_warning(&job.path));
                 }
             }
             Err(e) => {

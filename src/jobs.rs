@@ -13,6 +13,7 @@ use crate::due::Plan;
 use crate::error::Error;
 use crate::job::Job;
 use crate::state::{LastRun, State};
+use crate::tools::PermissionMode;
 use crate::{EXIT_JOB_FAILED, EXIT_OK, once, print};
 
 /// One job with its state.
@@ -26,6 +27,8 @@ pub struct Row {
     pub next: Option<Timestamp>,
     pub last: Option<LastRun>,
     pub running: bool,
+    /// Said next to the row (e.g. tools not enforced).
+    pub warnings: Vec<String>,
 }
 
 impl Row {
@@ -45,6 +48,7 @@ impl Row {
             next,
             last: entry.and_then(|e| e.last_run.clone()),
             running: entry.is_some_and(|e| e.running.is_some()),
+            warnings: Vec::new(),
         }
     }
 
@@ -85,6 +89,7 @@ impl Row {
                 "last_status": self.status(),
                 "last_run_id": last_run_id,
                 "problems": Value::Null,
+                "warnings": self.warnings,
             }),
             Err(problems) => json!({
                 "path": self.path, "schedule": null, "timezone": null, "disabled": null, "next": null,
@@ -107,7 +112,12 @@ pub fn jobs(args: &JobsArgs, env: &Env) -> Result<u8, Error> {
     let mut rows: Vec<Row> = notes
         .iter()
         .map(|note| {
-            let plan = Job::from_note(note, &config.timezone)
+            let job = Job::from_note(note, &config.timezone);
+            let bypass = job.as_ref().is_ok_and(|j| {
+                j.agent.permission_mode.unwrap_or(config.permission_mode)
+                    == PermissionMode::BypassPermissions
+            });
+            let plan = job
                 .map(|job| Plan::from(&job))
                 .map_err(|e| e.problems.join("; "));
             invalid += usize::from(plan.is_err());
@@ -115,7 +125,13 @@ pub fn jobs(args: &JobsArgs, env: &Env) -> Result<u8, Error> {
                 Ok(p) if !p.disabled && !config.disabled => p.schedule.next_after(now, &p.zone.tz),
                 _ => None,
             };
-            Row::new(note.path_or_id(), plan, next, &state, config.disabled)
+            let mut row = Row::new(note.path_or_id(), plan, next, &state, config.disabled);
+            if bypass {
+                row.warnings.push(
+                    "permission_mode bypassPermissions: allowed_tools is not enforced".to_string(),
+                );
+            }
+            row
         })
         .collect();
     rows.sort_by(|a, b| a.path.cmp(&b.path));
@@ -150,6 +166,15 @@ fn table(rows: &[Value]) -> String {
             Value::String(s) => s.clone(),
             Value::Null if i == 3 && row["disabled"] == true => "disabled".to_string(),
             Value::Null if i == 3 && row["problems"].is_null() => "never".to_string(),
+            Value::Null if i == 6 => match row["warnings"].as_array() {
+                Some(w) if !w.is_empty() => w
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(|w| format!("warning: {w}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                _ => "-".to_string(),
+            },
             _ => "-".to_string(),
         }
     };

@@ -25,10 +25,20 @@ pub const NOW: &str = "PARACHUTE_RUNNER_NOW";
 pub const CLOCK: &str = "PARACHUTE_RUNNER_CLOCK";
 /// Switches the test hooks (`NOW`, `CLOCK`) on in a release build.
 pub const TEST_HOOKS: &str = "PARACHUTE_RUNNER_TEST_HOOKS";
+/// `off`: contain agents without a cgroup (the subreaper mode).
+pub const CGROUP: &str = "PARACHUTE_RUNNER_CGROUP";
 
 /// Every `PARACHUTE_*` variable that is not a config key's override, for
 /// `--help` and the fuzz target.
-pub const VARS: [&str; 6] = [HOME, HTTP_TIMEOUT, HUB_ORIGIN, NOW, CLOCK, TEST_HOOKS];
+pub const VARS: [&str; 7] = [
+    HOME,
+    HTTP_TIMEOUT,
+    HUB_ORIGIN,
+    NOW,
+    CLOCK,
+    TEST_HOOKS,
+    CGROUP,
+];
 
 /// The default hub (SPEC §9.4).
 pub const DEFAULT_HUB_ORIGIN: &str = "http://127.0.0.1:1939";
@@ -106,6 +116,20 @@ pub fn hub_origin(env: &Env) -> Result<String, Problem> {
                 format!("expected an http:// or https:// URL such as {DEFAULT_HUB_ORIGIN} (got {text:?})"),
             )
         }),
+    }
+}
+
+/// `PARACHUTE_RUNNER_CGROUP`: whether agents may be put in cgroups
+/// (`on`, the default: where one can be made; `off`: never).
+pub fn cgroups(env: &Env) -> Result<bool, Problem> {
+    match env.get(CGROUP).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(true),
+        Some(v) if matches!(v.as_str(), "on" | "1" | "true" | "yes") => Ok(true),
+        Some(v) if matches!(v.as_str(), "off" | "0" | "false" | "no") => Ok(false),
+        Some(v) => Err(Problem::new(
+            CGROUP,
+            format!("expected on or off (got {v:?})"),
+        )),
     }
 }
 

@@ -122,6 +122,8 @@ pub struct Config {
     pub hub_origin: String,
     /// The system clock, or a test hook's.
     pub clock: Clock,
+    /// Whether agents may be contained in cgroups (`PARACHUTE_RUNNER_CGROUP`).
+    pub cgroups: bool,
     /// The process environment, from which the agent's is picked.
     pub env: Env,
 }
@@ -261,6 +263,7 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
     let http = env::http_timeouts(env).map_err(ConfigError::environment)?;
     let hub_origin = env::hub_origin(env).map_err(ConfigError::environment)?;
     let clock = env::clock(env).map_err(ConfigError::environment)?;
+    let cgroups = env::cgroups(env).map_err(ConfigError::environment)?;
     // The file's token, not the environment's: that one is never written
     // anywhere.
     if let (Some(token), Some(doc)) = (&file_token, &file_doc) {
@@ -333,6 +336,7 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
         http,
         hub_origin,
         clock,
+        cgroups,
         env: env.clone(),
     })
 }
