@@ -337,9 +337,10 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     if let Err(e) = threads {
         // Nothing can be read or fed: stop it at once.
         let _ = os::kill_group(pid, os::SIGKILL);
-        contained.finish();
+        let finished = contained.finish();
         let _ = child.wait();
         contain::forget(pid);
+        finished.release();
         done.store(true, Ordering::Relaxed);
         return Outcome {
             spawn_error: Some(format!("could not start a thread for it: {e}")),
@@ -386,7 +387,9 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     // The leader is gone (a zombie, so its group id is still ours). What it
     // left behind goes too: politely, then not.
     let mut left_behind = 0;
-    let group_left = || !os::group_members(pid).is_empty();
+    // A cgroup holds every process of the run, its group included; only
+    // the tracking mode needs to look at the group too.
+    let group_left = || contained.cgroup().is_none() && !os::group_members(pid).is_empty();
     if readers_left > 0 || contained.any_left() || group_left() {
         let _ = os::kill_group(pid, os::SIGTERM);
         contained.signal(os::SIGTERM);
@@ -398,12 +401,14 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
         }
     }
     let _ = os::kill_group(pid, os::SIGKILL);
-    left_behind += contained.finish();
+    let finished = contained.finish();
+    left_behind += finished.killed;
     // A process that escaped (another session, not found) may still hold
     // the pipes: do not wait for it forever.
     wait_for(&rx, Duration::from_secs(1), &mut readers_left, false);
     let status = child.wait();
     contain::forget(pid);
+    finished.release();
     done.store(true, Ordering::Relaxed);
     let exit_code = match stopped {
         Some(Stopped::Timeout) => Some(TIMEOUT_EXIT_CODE),

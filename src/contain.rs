@@ -110,8 +110,8 @@ fn spawned() -> MutexGuard<'static, HashSet<u32>> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-/// The start times of the agents of live tracked runs, for telling whose
-/// an orphan nobody saw being born is.
+/// The start times of the agents of this process's live runs (contained
+/// either way), for telling whose a process is.
 fn live_starts() -> MutexGuard<'static, HashMap<u32, u64>> {
     static LIVE: OnceLock<Mutex<HashMap<u32, u64>>> = OnceLock::new();
     LIVE.get_or_init(Mutex::default)
@@ -185,6 +185,8 @@ impl Pending {
     /// (the write was refused), it is tracked instead.
     pub fn started(self, pid: u32) -> Contained {
         spawned().insert(pid);
+        let agent_start = os::process(pid).map_or(0, |p| p.start);
+        live_starts().insert(pid, agent_start);
         if let Some(dir) = self.cgroup {
             if cgroup_pids(&dir).contains(&pid) {
                 return Contained {
@@ -201,8 +203,6 @@ impl Pending {
             }
         }
         let me = os::process(std::process::id());
-        let agent_start = os::process(pid).map_or(0, |p| p.start);
-        live_starts().insert(pid, agent_start);
         let tracked = Arc::new(Tracked {
             agent: pid,
             agent_start,
@@ -400,10 +400,17 @@ impl Contained {
     /// removed, its scans stop). Returns how many processes it killed.
     /// Call it before the agent is reaped: its zombie keeps its pid, and
     /// so its group, from being reused.
-    pub fn finish(self) -> usize {
+    pub fn finish(self) -> Finished {
         match self.kind {
             Kind::Cgroup(dir) => {
-                let pids = cgroup_pids(&dir);
+                let agent = self.agent;
+                let others = |dir: &Path| -> Vec<u32> {
+                    cgroup_pids(dir)
+                        .into_iter()
+                        .filter(|p| *p != agent)
+                        .collect()
+                };
+                let pids = others(&dir);
                 if !pids.is_empty() && fs::write(dir.join("cgroup.kill"), "1").is_err() {
                     // Before Linux 5.14: one by one.
                     for pid in &pids {
@@ -411,13 +418,14 @@ impl Contained {
                     }
                 }
                 let deadline = Instant::now() + GONE_WITHIN;
-                while !cgroup_pids(&dir).is_empty() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
+                while !others(&dir).is_empty() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                if let Err(e) = fs::remove_dir(&dir) {
-                    log::warn!("cannot remove the cgroup {}: {e}", dir.display());
+                live_starts().remove(&agent);
+                Finished {
+                    killed: pids.len(),
+                    cgroup: Some(dir),
                 }
-                pids.iter().filter(|p| **p != self.agent).count()
             }
             Kind::Tracked { tracked, thread } => {
                 tracked.stop.store(true, Ordering::Relaxed);
@@ -441,9 +449,38 @@ impl Contained {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 live_starts().remove(&tracked.agent);
-                killed
+                Finished {
+                    killed,
+                    cgroup: None,
+                }
             }
         }
+    }
+}
+
+/// A run whose processes were all stopped, the agent's zombie aside.
+pub struct Finished {
+    /// How many had to be killed.
+    pub killed: usize,
+    cgroup: Option<PathBuf>,
+}
+
+impl Finished {
+    /// Lets go of the run's cgroup, once its agent has been reaped (its
+    /// zombie kept the cgroup in use until then).
+    pub fn release(self) {
+        let Some(dir) = self.cgroup else { return };
+        for _ in 0..100 {
+            match fs::remove_dir(&dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        log::warn!(
+            "cannot remove the cgroup {}; a later pass does",
+            dir.display()
+        );
     }
 }
 
@@ -452,6 +489,14 @@ pub fn cgroup_pids(dir: &Path) -> Vec<u32> {
     fs::read_to_string(dir.join("cgroup.procs"))
         .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
         .unwrap_or_default()
+}
+
+/// Where the cgroup of run `run_id` would be, in cgroup mode.
+pub fn cgroup_of(run_id: &str) -> Option<PathBuf> {
+    match mechanism() {
+        Mechanism::Cgroup(parent) => Some(parent.join(format!("{CGROUP_PREFIX}{run_id}"))),
+        Mechanism::Subreaper => None,
+    }
 }
 
 /// Kills everything in a cgroup a dead runner left, and removes it. Only
@@ -469,11 +514,14 @@ pub fn kill_leftover_cgroup(dir: &Path) -> usize {
     if !ours || !dir.exists() {
         return 0;
     }
-    Contained {
+    let finished = Contained {
         agent: 0,
         kind: Kind::Cgroup(dir.to_path_buf()),
     }
-    .finish()
+    .finish();
+    let killed = finished.killed;
+    finished.release();
+    killed
 }
 
 /// The agent `pid` was reaped through its `Child` handle: it is no longer

@@ -146,7 +146,15 @@ pub enum Decision {
     Run { slot: Timestamp, trigger: Trigger },
     /// A late slot of a `catch_up: false` job: skipped.
     SkipLate { slot: Timestamp },
+    /// `checked_through` was later than now by more than `CLOCK_SLACK`:
+    /// the clock went back after running ahead (SPEC §7.6). Clamped to
+    /// now; the schedule goes on from its next slot.
+    ClockBack { was: Timestamp },
 }
+
+/// How far ahead of now `checked_through` may be before it is taken for a
+/// clock that went back (another runner's clock may be a little ahead).
+pub const CLOCK_SLACK: SignedDuration = SignedDuration::from_secs(300);
 
 /// Settings the decision depends on.
 #[derive(Clone, Copy, Debug)]
@@ -192,6 +200,14 @@ pub fn decide(
         });
         return Decision::New;
     };
+    if now
+        .checked_add(CLOCK_SLACK)
+        .is_ok_and(|limit| e.checked_through > limit)
+    {
+        let was = e.checked_through;
+        e.checked_through = now;
+        return Decision::ClockBack { was };
+    }
     if job.schedule == Schedule::Manual {
         return Decision::Manual;
     }
@@ -486,6 +502,47 @@ mod tests {
         assert_eq!(
             decide(&m, &mut entry, t("2027-01-01T00:00:00Z"), POLICY),
             Decision::Manual
+        );
+    }
+
+    #[test]
+    fn a_clock_that_went_back_is_clamped_and_the_schedule_resumes() {
+        let j = job("0 * * * *", "");
+        let mut entry = None;
+        decide(&j, &mut entry, t("2026-01-01T00:30:00Z"), POLICY);
+        // The clock jumps a year ahead: one catch-up run.
+        assert_eq!(
+            decide(&j, &mut entry, t("2027-01-01T00:30:00Z"), POLICY),
+            Decision::Run {
+                slot: t("2027-01-01T00:00:00Z"),
+                trigger: Trigger::CatchUp
+            }
+        );
+        // And back: clamped, said once, nothing runs twice.
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T00:40:00Z"), POLICY),
+            Decision::ClockBack {
+                was: t("2027-01-01T00:30:00Z")
+            }
+        );
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T00:50:00Z"), POLICY),
+            Decision::NotDue
+        );
+        // The next slot fires as usual.
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T01:00:10Z"), POLICY),
+            Decision::Run {
+                slot: t("2026-01-01T01:00:00Z"),
+                trigger: Trigger::Schedule
+            }
+        );
+        // A little ahead (another runner's clock) is no clock fault.
+        let mut entry = None;
+        decide(&j, &mut entry, t("2026-01-01T00:34:00Z"), POLICY);
+        assert_eq!(
+            decide(&j, &mut entry, t("2026-01-01T00:30:00Z"), POLICY),
+            Decision::NotDue
         );
     }
 

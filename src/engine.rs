@@ -20,15 +20,16 @@ use crate::agent;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::due::{self, Decision, Plan, Policy, Trigger};
+use crate::files;
 use crate::job::{Job, JobError};
 use crate::outbox::{Outbox, Swept};
 use crate::recorder::Recorder;
 use crate::recover;
 use crate::run::{self, Claimed};
 use crate::schedule::Zone;
-use crate::state::{Locked, StateError, Store};
+use crate::state::{Locked, Rejected, StateError, Store};
 use crate::tools::PermissionMode;
-use crate::vault::{self, Note, Vault};
+use crate::vault::{self, Listing, Note, Vault};
 
 /// What every run of a process shares.
 #[derive(Clone)]
@@ -171,20 +172,26 @@ pub struct Pass {
 /// nothing changed and nothing is due takes the lock once.
 pub fn claim_due(
     rt: &Runtime,
-    notes: &[Note],
+    listing: &Listing,
     now: Timestamp,
     scope: Scope,
 ) -> Result<Pass, StateError> {
+    let notes = &listing.notes;
     let hashes: Vec<String> = notes
         .iter()
         .map(|n| due::note_hash(&n.content, n.metadata.as_ref(), &rt.default_zone.name))
         .collect();
     let mut zones = HashMap::new();
     let mut parsed: HashMap<usize, Result<Job, JobError>> = HashMap::new();
+    files::ensure_reserve(rt.store.dir());
     let mut locked = rt.store.lock()?;
     let wanted: Vec<usize> = (0..notes.len())
         .filter(|&i| {
-            let entry = locked.state.jobs.get(notes[i].path_or_id());
+            let path = notes[i].path_or_id();
+            if rejected(&locked, path, &hashes[i]).is_some() {
+                return false;
+            }
+            let entry = locked.state.jobs.get(path);
             match entry.and_then(|e| Plan::remembered(e, &hashes[i], &mut zones)) {
                 None => true,
                 Some(plan) => {
@@ -205,7 +212,11 @@ pub fn claim_due(
         locked = rt.store.lock()?;
     }
     if scope == Scope::All {
-        let listed: HashSet<&str> = notes.iter().map(Note::path_or_id).collect();
+        let listed: HashSet<&str> = notes
+            .iter()
+            .map(Note::path_or_id)
+            .chain(listing.skipped.iter().map(|(p, _)| p.as_str()))
+            .collect();
         // Entries of jobs that are gone (not while a run of theirs goes
         // on): a job created again later starts afresh instead of catching
         // up.
@@ -213,6 +224,10 @@ pub fn claim_due(
             .state
             .jobs
             .retain(|path, e| listed.contains(path.as_str()) || e.running.is_some());
+        locked
+            .state
+            .invalid
+            .retain(|path, _| listed.contains(path.as_str()));
         recover::recover(rt, &mut locked);
     }
     let mut pass = Pass {
@@ -221,6 +236,18 @@ pub fn claim_due(
     };
     for (i, note) in notes.iter().enumerate() {
         let path = note.path_or_id();
+        // An unchanged invalid note: its problems, as last time.
+        if let Some(problems) = rejected(&locked, path, &hashes[i]) {
+            pass.looked.push(Looked {
+                path: path.to_string(),
+                plan: None,
+                verdict: Verdict::Invalid(JobError {
+                    path: path.to_string(),
+                    problems,
+                }),
+            });
+            continue;
+        }
         let mut job = || {
             parsed
                 .remove(&i)
@@ -239,6 +266,13 @@ pub fn claim_due(
                     if let Some(entry) = entry {
                         locked.state.jobs.insert(path.to_string(), entry);
                     }
+                    locked.state.invalid.insert(
+                        path.to_string(),
+                        Rejected {
+                            hash: hashes[i].clone(),
+                            problems: e.problems.clone(),
+                        },
+                    );
                     pass.looked.push(Looked {
                         path: path.to_string(),
                         plan: None,
@@ -248,6 +282,7 @@ pub fn claim_due(
                 }
             },
         };
+        locked.state.invalid.remove(path);
         let decision = due::decide(&plan, &mut entry, now, rt.policy);
         if let Some(mut entry) = entry {
             entry.note = Some(plan.seen(hashes[i].clone()));
@@ -261,12 +296,28 @@ pub fn claim_due(
             Decision::SkipLate { slot } => {
                 Verdict::Skipped(format!("late slot {slot} skipped (catch_up: false)"))
             }
+            Decision::ClockBack { was } => {
+                log::warn!(
+                    "{path}: checked through {was}, later than now ({now}): the clock went back; going on from its next slot"
+                );
+                Verdict::Quiet(decision)
+            }
             other => Verdict::Quiet(other),
         };
         pass.looked.push(Looked {
             path: path.to_string(),
             plan: Some(plan),
             verdict,
+        });
+    }
+    for (path, reason) in &listing.skipped {
+        pass.looked.push(Looked {
+            path: path.clone(),
+            plan: None,
+            verdict: Verdict::Invalid(JobError {
+                path: path.clone(),
+                problems: vec![reason.clone()],
+            }),
         });
     }
     if let Err(e) = locked.commit() {
@@ -276,6 +327,17 @@ pub fn claim_due(
         return Err(e);
     }
     Ok(pass)
+}
+
+/// The problems remembered for the note at `path`, if it was found invalid
+/// as it is now (`hash`).
+fn rejected(locked: &Locked, path: &str, hash: &str) -> Option<Vec<String>> {
+    locked
+        .state
+        .invalid
+        .get(path)
+        .filter(|r| r.hash == hash)
+        .map(|r| r.problems.clone())
 }
 
 /// Claims one run of `job` while the caller holds the state lock.
@@ -315,6 +377,7 @@ pub fn claim_now(rt: &Runtime, note: &Note, trigger: Trigger) -> Result<Manual, 
         Err(e) => return Ok(Manual::Invalid(e)),
     };
     let (info, prompt) = run::prepare(&job, trigger, None, rt.clock.now(), rt.date_override);
+    files::ensure_reserve(rt.store.dir());
     let mut locked = rt.store.lock()?;
     let claimed = run::claim(&rt.store, &mut locked, job, info, prompt)?;
     locked.commit()?;

@@ -7,7 +7,7 @@
 //! and locking are left to the modules that own each file.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -134,12 +134,84 @@ pub fn sweep_temps(dir: &Path, age: std::time::Duration) {
     }
 }
 
-/// Reads a file, `Ok(None)` if it does not exist.
-pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match fs::read(path) {
+/// The runner's reserve of disk space: a file of zeros it deletes when the
+/// disk is full, so that the record of a finished run (state.json) can
+/// still be written — without it, the next pass would take the run for
+/// interrupted. Made again by a later pass once there is room.
+pub const RESERVE_FILE: &str = "reserve";
+const RESERVE_BYTES: usize = 4 << 20;
+
+/// Makes `dir`'s reserve if it is missing (best effort).
+pub fn ensure_reserve(dir: &Path) {
+    let path = dir.join(RESERVE_FILE);
+    if path.exists() {
+        return;
+    }
+    let zeros = vec![0u8; RESERVE_BYTES];
+    if let Err(e) = write_atomic(&path, &zeros) {
+        log::debug!("no disk reserve in {}: {e}", dir.display());
+    }
+}
+
+/// Gives `dir`'s reserve back to the filesystem; `true` if there was one.
+pub fn release_reserve(dir: &Path) -> bool {
+    fs::remove_file(dir.join(RESERVE_FILE)).is_ok()
+}
+
+/// Whether an error says the disk (or the quota) is full.
+pub fn is_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || e.raw_os_error() == Some(libc::ENOSPC)
+        || e.raw_os_error() == Some(libc::EDQUOT)
+}
+
+/// Opens a file for reading only if it is a regular file: a FIFO, a
+/// device or a directory (a link to `/dev/zero`, say) is refused at once,
+/// without a read that never ends or never stops. Opened non-blocking, so
+/// even opening a FIFO cannot hang.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Reads a regular file of at most `cap` bytes (see `open_regular`).
+pub fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(io::Error::other(format!(
+            "larger than {}, too large to be one of the runner's files",
+            size(cap)
+        )));
+    }
+    Ok(bytes)
+}
+
+/// `read_capped`, `Ok(None)` if the file does not exist.
+pub fn read_optional(path: &Path, cap: u64) -> io::Result<Option<Vec<u8>>> {
+    match read_capped(path, cap) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// A byte count for messages: "64 KiB", "8 MiB".
+pub fn size(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
@@ -175,6 +247,31 @@ mod tests {
         assert!(!write_new(&path, b"second").unwrap());
         assert_eq!(fs::read(&path).unwrap(), b"first");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = temp_dir("capped");
+        let path = dir.join("f");
+        fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_capped(&path, 5).unwrap(), b"12345");
+        assert!(
+            read_capped(&path, 4)
+                .unwrap_err()
+                .to_string()
+                .starts_with("larger than 4 bytes")
+        );
+        assert_eq!(read_optional(&dir.join("none"), 9).unwrap(), None);
+        let zero = dir.join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert_eq!(
+            read_capped(&zero, 1 << 20).unwrap_err().to_string(),
+            "not a regular file"
+        );
+        assert!(read_capped(&dir, 10).is_err());
+        assert_eq!(size(64 << 10), "64 KiB");
+        assert_eq!(size(8 << 20), "8 MiB");
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -109,7 +109,8 @@ fn check_file(file: &Path, zone: &Zone) -> Result<Job, JobError> {
         path: path.clone(),
         problems: vec![problem],
     };
-    let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+    let bytes = crate::files::read_capped(file, 8 << 20)
+        .map_err(|e| fail(format!("cannot read the file: {e}")))?;
     let content =
         String::from_utf8(bytes).map_err(|_| fail("the file is not UTF-8 text".to_string()))?;
     let note = Note {

@@ -144,13 +144,87 @@ fn strip_marker_line(text: &str) -> Option<&str> {
         .then_some(after)
 }
 
+/// The largest frontmatter parsed (SPEC §4.2).
+pub const MAX_FRONTMATTER: usize = 256 << 10;
+/// The deepest nesting parsed (SPEC §4.2).
+pub const MAX_DEPTH: usize = 64;
+
+/// Checks size and nesting before any YAML parsing: a frontmatter of
+/// deeply nested flow sequences (`[[[[…]]]]`) takes a YAML parser time
+/// quadratic in its depth, on every pass. The depth counted is an upper
+/// bound of the YAML's: block indentation levels plus `- ` entries that
+/// open a line plus open `[`/`{` outside quotes and comments.
+pub fn check_shape(yaml: &str) -> Result<(), String> {
+    if yaml.len() > MAX_FRONTMATTER {
+        return Err(format!(
+            "frontmatter: larger than {} KiB ({} bytes)",
+            MAX_FRONTMATTER >> 10,
+            yaml.len()
+        ));
+    }
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    let mut deepest = 0usize;
+    for line in yaml.lines() {
+        let body = line.trim_start_matches(' ');
+        let indent = line.len() - body.len();
+        if flow == 0 && !body.trim().is_empty() && !body.starts_with('#') {
+            while indents.last().is_some_and(|&i| i >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+        }
+        let mut dashes = 0;
+        let mut rest = body;
+        while let Some(r) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("-\t")) {
+            dashes += 1;
+            rest = r.trim_start();
+        }
+        let (mut quote, mut prev_space) = (None::<char>, true);
+        let mut chars = rest.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (quote, c) {
+                (Some('"'), '\\') => {
+                    chars.next();
+                }
+                (Some(q), c) if c == q => {
+                    // `''` inside single quotes is one quote.
+                    if q == '\'' && chars.peek() == Some(&'\'') {
+                        chars.next();
+                    } else {
+                        quote = None;
+                    }
+                }
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') if prev_space => break,
+                (None, '[' | '{') => {
+                    flow += 1;
+                    deepest = deepest.max(indents.len() + dashes + flow);
+                }
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            prev_space = c == ' ' || c == '\t';
+        }
+        deepest = deepest.max(indents.len() + dashes + flow);
+        if deepest > MAX_DEPTH {
+            return Err(format!(
+                "frontmatter: nested deeper than {MAX_DEPTH} levels"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Parses frontmatter YAML into a map. An empty frontmatter is an empty
 /// map. Errors carry the line and column in the note (the `---` line is
-/// line 1).
+/// line 1). Too large or too deep a frontmatter is refused unparsed.
 pub fn parse_frontmatter(yaml: &str) -> Result<Map<String, Value>, String> {
     if yaml.trim().is_empty() {
         return Ok(Map::new());
     }
+    check_shape(yaml)?;
     match serde_yaml::from_str::<Value>(yaml) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(Value::Null) => Ok(Map::new()),
@@ -793,6 +867,63 @@ mod tests {
         assert_eq!(job.schedule_text, "hourly");
         assert!(!job.catch_up);
         assert_eq!(job.prompt, "body");
+    }
+
+    #[test]
+    fn too_large_or_too_deep_a_frontmatter_is_refused_before_parsing() {
+        let deep = format!("x: {}{}\n", "[".repeat(200_000), "]".repeat(200_000));
+        let err = parse_frontmatter(&deep).unwrap_err();
+        assert!(err.starts_with("frontmatter: larger than 256 KiB"), "{err}");
+        let deep = format!("x: {}{}\n", "[".repeat(65), "]".repeat(65));
+        assert_eq!(
+            parse_frontmatter(&deep).unwrap_err(),
+            "frontmatter: nested deeper than 64 levels"
+        );
+        let ok = format!("x: {}{}\n", "[".repeat(60), "]".repeat(60));
+        assert!(parse_frontmatter(&ok).is_ok());
+        let dashes = format!("x:\n  {}a\n", "- ".repeat(70));
+        assert!(
+            parse_frontmatter(&dashes)
+                .unwrap_err()
+                .contains("nested deeper")
+        );
+        let mut indented = String::new();
+        for i in 0..70 {
+            indented.push_str(&format!("{}k{i}:\n", " ".repeat(i)));
+        }
+        assert!(
+            parse_frontmatter(&indented)
+                .unwrap_err()
+                .contains("nested deeper")
+        );
+        // Brackets in quotes and comments are text.
+        let quoted = format!(
+            "a: \"{}\"\nb: '{}'\nc: 1 # {}\n",
+            "[".repeat(100),
+            "{".repeat(100),
+            "[".repeat(100)
+        );
+        assert!(
+            parse_frontmatter(&quoted).is_ok(),
+            "{:?}",
+            parse_frontmatter(&quoted)
+        );
+        // The note says it, with every other problem suppressed.
+        assert_eq!(
+            problems(&format!("---\n{deep}---\nbody")),
+            "invalid job at jobs/brief: frontmatter: nested deeper than 64 levels"
+        );
+    }
+
+    #[test]
+    fn aliases_cannot_blow_up() {
+        let mut yaml = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let refs = vec![format!("*l{}", i - 1); 9].join(", ");
+            yaml.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+        }
+        let err = parse_frontmatter(&yaml).unwrap_err();
+        assert!(err.contains("repetition limit"), "{err}");
     }
 
     #[test]

@@ -105,11 +105,12 @@ impl Row {
 /// `jobs`: a table (or JSON) of the jobs with their next fire and last run.
 pub fn jobs(args: &JobsArgs, env: &Env) -> Result<u8, Error> {
     let (config, rt) = once::setup(&args.common, env)?;
-    let notes = rt.vault.list_jobs()?;
+    let listing = rt.vault.list_jobs()?;
     let state = rt.store.read()?;
     let now = rt.clock.now();
     let mut invalid = 0;
-    let mut rows: Vec<Row> = notes
+    let mut rows: Vec<Row> = listing
+        .notes
         .iter()
         .map(|note| {
             let job = Job::from_note(note, &config.timezone);
@@ -134,6 +135,16 @@ pub fn jobs(args: &JobsArgs, env: &Env) -> Result<u8, Error> {
             row
         })
         .collect();
+    for (path, reason) in &listing.skipped {
+        invalid += 1;
+        rows.push(Row::new(
+            path,
+            Err(reason.clone()),
+            None,
+            &state,
+            config.disabled,
+        ));
+    }
     rows.sort_by(|a, b| a.path.cmp(&b.path));
     let rows: Vec<Value> = rows.iter().map(Row::cli_json).collect();
     if args.json {

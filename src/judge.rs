@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use crate::agent::{self, Outcome, Stopped};
+use crate::secrets::scrub_owned;
 use crate::stream::{Format, ResultLine, Usage};
 
 /// `run_stderr_tail` keeps this many bytes.
@@ -197,7 +198,7 @@ pub struct Context<'a> {
 /// Judges one attempt. Takes the answer out of `outcome` (it may be
 /// megabytes: not copied).
 pub fn judge(outcome: &mut Outcome, cx: &Context<'_>) -> (Ending, Meta) {
-    let stderr_tail = agent::tail_text(&outcome.stderr_tail, STDERR_TAIL_BYTES);
+    let stderr_tail = scrub_owned(agent::tail_text(&outcome.stderr_tail, STDERR_TAIL_BYTES));
     let out = &mut outcome.output;
     let mut meta = Meta {
         exit_code: outcome.exit_code.unwrap_or(1),
@@ -279,13 +280,15 @@ pub fn judge(outcome: &mut Outcome, cx: &Context<'_>) -> (Ending, Meta) {
         Format::PlainText | Format::Empty => judge_text(out, code),
     };
     let ending = match ending {
-        Ok(answer) => Ending::Success { answer },
+        Ok(answer) => Ending::Success {
+            answer: scrub_owned(answer),
+        },
         Err((error, mut cause, api_status)) => {
             if cause == Cause::Other && !meta.denials.is_empty() {
                 cause = Cause::Denied;
             }
             Ending::Failure(Failure {
-                error,
+                error: scrub_owned(error),
                 cause,
                 transient: api_status.is_some_and(|s| TRANSIENT_STATUSES.contains(&s))
                     || (cause == Cause::Api && api_status.is_none()),
@@ -312,9 +315,11 @@ fn judge_result(
     let text = r.result.as_deref().unwrap_or("").trim();
     if r.is_error {
         if let Some(status) = r.api_error_status {
-            let message = text.strip_prefix("API Error:").unwrap_or(text).trim();
             return Err((
-                format!("claude -p: API error {status}: {}", one_line(message)),
+                format!(
+                    "claude -p: API error {status}: {}",
+                    api_message(text, status)
+                ),
                 Cause::Api,
                 Some(status),
             ));
@@ -373,6 +378,14 @@ fn judge_result(
             None,
         ));
     }
+    if r.subtype == "error_during_execution" {
+        // Its `errors` are the CLI's own diagnostics, not for a person.
+        return Err((
+            format!("claude -p exited with code {code}: stopped during execution"),
+            Cause::Other,
+            None,
+        ));
+    }
     if r.is_error || r.subtype != "success" {
         let detail = r.errors.first().map_or(text, String::as_str);
         return Err((
@@ -409,10 +422,7 @@ fn judge_text(out: &mut crate::stream::AgentOutput, code: i32) -> Result<String,
         let status = api_status_in_text(text);
         return Err(match status {
             Some(s) => (
-                format!(
-                    "claude -p: API error {s}: {}",
-                    one_line(text.strip_prefix("API Error:").unwrap_or(text).trim())
-                ),
+                format!("claude -p: API error {s}: {}", api_message(text, s)),
                 Cause::Api,
                 Some(s),
             ),
@@ -448,7 +458,18 @@ fn said(out: &crate::stream::AgentOutput) -> Option<String> {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    Some(text[..end].to_string())
+    Some(scrub_owned(text[..end].to_string()))
+}
+
+/// The CLI's API error text without what `run_error` says already: its
+/// `API Error:` prefix and a leading status (`529 Overloaded…`).
+fn api_message(text: &str, status: u16) -> String {
+    let t = text.strip_prefix("API Error:").unwrap_or(text).trim();
+    let t = t
+        .strip_prefix(&status.to_string())
+        .filter(|rest| rest.starts_with(' '))
+        .map_or(t, str::trim_start);
+    one_line(t)
 }
 
 /// The status in a plain-text CLI error: `API Error: 529 …` or

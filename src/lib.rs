@@ -52,6 +52,7 @@ mod serve;
 mod state;
 mod stream;
 mod template;
+mod text;
 mod tools;
 mod vault;
 
@@ -102,7 +103,12 @@ where
         Err(e) => {
             // Not through the logger: a fatal error must show even with
             // RUST_LOG=off.
-            let _ = writeln!(std::io::stderr(), "parachute-runner: error: {e}");
+            let message = e.to_string();
+            let _ = writeln!(
+                std::io::stderr(),
+                "parachute-runner: error: {}",
+                text::shown(&message)
+            );
             EXIT_FATAL
         }
     }
@@ -123,6 +129,7 @@ pub fn run(cmd: Command, env: &Env) -> Result<u8, Error> {
 
 /// Writes to stdout. A closed pipe (`| head`) is not an error.
 pub fn print(text: &str) -> Result<u8, Error> {
+    let text = text::shown_lines(text);
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(EXIT_OK),
@@ -145,12 +152,13 @@ fn init_logging() {
     let _ = env_logger::Builder::from_env(env)
         .format(|buf, record| {
             let now = Timestamp::now();
+            let message = record.args().to_string();
             writeln!(
                 buf,
                 "{} {:<5} {}",
                 now.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 record.level(),
-                record.args()
+                text::shown(&message)
             )
         })
         .try_init();

@@ -48,6 +48,8 @@ struct Histogram {
 pub struct Gauges {
     pub jobs_loaded: usize,
     pub running: usize,
+    /// Claimed runs waiting for a permit or for their next attempt.
+    pub waiting: usize,
     pub outbox_depth: usize,
     /// Unix seconds of the last poll, if any.
     pub last_poll: Option<i64>,
@@ -156,6 +158,12 @@ impl Metrics {
             "parachute_runner_running_jobs",
             "Runs going on now.",
             g.running.to_string(),
+        );
+        gauge(
+            &mut s,
+            "parachute_runner_waiting_runs",
+            "Claimed runs waiting for a concurrency slot or a retry.",
+            g.waiting.to_string(),
         );
         gauge(
             &mut s,
@@ -294,6 +302,7 @@ mod tests {
         let text = m.render(&Gauges {
             jobs_loaded: 7,
             running: 1,
+            waiting: 3,
             outbox_depth: 2,
             last_poll: Some(1_800_000_000),
             last_poll_ok: true,
@@ -310,6 +319,7 @@ mod tests {
             "parachute_runner_run_duration_seconds_count 2",
             "parachute_runner_jobs_loaded 7",
             "parachute_runner_running_jobs 1",
+            "parachute_runner_waiting_runs 3",
             "parachute_runner_outbox_depth 2",
             "parachute_runner_last_poll_timestamp_seconds 1800000000",
             "parachute_runner_last_poll_success 1",

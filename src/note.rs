@@ -56,6 +56,12 @@ pub fn note(info: &RunInfo, ending: Ending, meta: &Meta, duration: Duration) -> 
         );
     }
     m.insert("run_attempts".into(), Value::from(meta.attempts.max(1)));
+    if !meta.attempt_errors.is_empty() {
+        m.insert(
+            "run_attempt_errors".into(),
+            Value::from(meta.attempt_errors.clone()),
+        );
+    }
     stream_metadata(&mut m, meta);
     if meta.truncated {
         m.insert("run_output_truncated".into(), Value::from(true));
@@ -96,12 +102,6 @@ pub fn note(info: &RunInfo, ending: Ending, meta: &Meta, duration: Duration) -> 
             m.insert("run_stderr_tail".into(), Value::from(f.stderr_tail));
             if let Some(status) = f.api_status {
                 m.insert("run_api_error_status".into(), Value::from(status));
-            }
-            if !meta.attempt_errors.is_empty() {
-                m.insert(
-                    "run_attempt_errors".into(),
-                    Value::from(meta.attempt_errors.clone()),
-                );
             }
             let mut tags = info.tags.clone();
             if !tags.iter().any(|t| t == FAILED_TAG) {

@@ -130,6 +130,7 @@ fn quiet_name(d: &Decision) -> &'static str {
         Decision::NotDue => "not-due",
         Decision::Run { .. } => "due",
         Decision::SkipLate { .. } => "skipped-late",
+        Decision::ClockBack { .. } => "clock-back",
     }
 }
 
@@ -196,7 +197,7 @@ fn report_line(r: &Report, vault: &dyn crate::vault::Vault) -> String {
 fn print_line(line: &str, json: bool) {
     if !json {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{}", crate::text::shown(line));
         let _ = out.flush();
     }
 }
@@ -257,16 +258,23 @@ fn line_json(line: &Line) -> Value {
 /// path. Reads state, changes nothing, runs nothing.
 fn dry_run(args: &OnceArgs, rt: &Runtime) -> Result<u8, Error> {
     let now = rt.clock.now();
+    let mut text = String::new();
+    let mut invalid = 0;
     let notes = match &args.only {
         Some(path) => vec![rt.vault.get_note(path)?.ok_or_else(|| {
             Error::Fatal(format!("no note at {path} in {}", rt.vault.describe()))
         })?],
-        None => rt.vault.list_jobs()?,
+        None => {
+            let listing = rt.vault.list_jobs()?;
+            for (path, reason) in &listing.skipped {
+                invalid += 1;
+                let _ = writeln!(text, "invalid job at {path}: {reason}");
+            }
+            listing.notes
+        }
     };
     let state = rt.store.read()?;
     let mut rows: BTreeMap<String, Value> = BTreeMap::new();
-    let mut text = String::new();
-    let mut invalid = 0;
     for note in &notes {
         let job = match Job::from_note(note, &rt.default_zone) {
             Ok(job) => job,

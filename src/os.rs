@@ -247,9 +247,19 @@ pub fn processes() -> Vec<Process> {
 
 /// This boot's id: pids and start times are only comparable within one.
 pub fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
+    static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
+    .clone()
+}
+
+/// This process's start time (clock ticks after boot).
+pub fn self_start() -> Option<u64> {
+    static START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *START.get_or_init(|| process(std::process::id()).map(|p| p.start))
 }
 
 /// Live processes whose process group is `pgid`.
@@ -260,21 +270,6 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| proc_stat(*pid).is_some_and(|(g, _)| g == pgid))
-        .collect()
-}
-
-/// Live processes with `arg` among their argv, with their process groups.
-pub fn processes_with_arg(arg: &str) -> Vec<(u32, u32)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
-        })
-        .filter_map(|pid| proc_stat(pid).map(|(pgid, _)| (pid, pgid)))
         .collect()
 }
 

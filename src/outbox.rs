@@ -5,7 +5,7 @@
 //! accepted it.
 
 use std::collections::HashSet;
-use std::fs::{self, File, TryLockError};
+use std::fs::{self, TryLockError};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,8 @@ use crate::files;
 use crate::vault::{NewNote, Vault, VaultError};
 
 pub const OUTBOX_DIR: &str = "outbox";
+/// The largest entry read: an 8 MiB answer, JSON-escaped, and its metadata.
+const MAX_ENTRY: u64 = 64 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Entry {
@@ -117,7 +119,7 @@ impl Outbox {
 
     /// Reads an entry without locking it.
     pub fn read(&self, run_id: &str) -> Option<Entry> {
-        let bytes = fs::read(self.path_for(run_id)).ok()?;
+        let bytes = files::read_capped(&self.path_for(run_id), MAX_ENTRY).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -143,7 +145,7 @@ impl Outbox {
     /// Delivers one entry under its own lock, so two runners never send
     /// the same one; deletes it only once the vault has accepted it.
     pub fn deliver_entry(&self, vault: &dyn Vault, path: &Path) -> Delivery {
-        let mut file = match File::open(path) {
+        let file = match files::open_regular(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Delivery::Busy,
             Err(e) => return Delivery::Failed(io_error(path, e)),
@@ -158,8 +160,10 @@ impl Outbox {
         if file.metadata().map(|m| m.nlink() == 0).unwrap_or(true) {
             return Delivery::Busy;
         }
-        let parsed =
-            serde_json::from_reader::<_, Entry>(io::BufReader::with_capacity(64 << 10, &mut file));
+        let parsed = serde_json::from_reader::<_, Entry>(io::BufReader::with_capacity(
+            64 << 10,
+            io::Read::take(&file, MAX_ENTRY),
+        ));
         let entry: Entry = match parsed {
             Ok(entry) => entry,
             Err(e) => {

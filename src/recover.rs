@@ -6,9 +6,10 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::contain;
 use crate::engine::Runtime;
 use crate::files;
 use crate::instant::until;
@@ -17,7 +18,8 @@ use crate::note::{self, RunInfo};
 use crate::os;
 use crate::outbox::OUTBOX_DIR;
 use crate::run;
-use crate::state::{LastRun, Locked, StateError, Store};
+use crate::state::{LastRun, Locked, Running, StateError, Store};
+use crate::vault::VaultError;
 
 /// Settles the runs of dead runners (SPEC §7.4) while the caller holds the
 /// state lock: a `running` entry whose job lock is free. If its note is
@@ -32,6 +34,14 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
             continue;
         };
         match rt.store.try_lock_job(path) {
+            Ok(Some(_lock)) if running.runner_alive() => {
+                log::warn!(
+                    "{path}: run {} holds no lock (was its lock file removed?) but its runner {} is alive; leaving it be",
+                    running.run_id,
+                    running.pid
+                );
+                continue;
+            }
             Ok(Some(_lock)) => {}
             Ok(None) => continue,
             Err(e) => {
@@ -40,9 +50,31 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
             }
         }
         stop_orphans(&rt.tmp_dir(), path, &running.run_id);
-        let status = match rt.outbox.read(&running.run_id) {
-            Some(queued) => queued.ok,
-            None => {
+        let delivered = match rt.outbox.read(&running.run_id) {
+            Some(_) => None,
+            None => match delivered(rt, &running) {
+                Ok(found) => found,
+                Err(e) => {
+                    // Not knowing whether its note is there, write none:
+                    // a later pass asks again.
+                    log::warn!(
+                        "{path}: cannot tell whether run {} left a note ({e}); settling it later",
+                        running.run_id
+                    );
+                    continue;
+                }
+            },
+        };
+        let status = match (rt.outbox.read(&running.run_id), delivered) {
+            (Some(queued), _) => queued.ok,
+            (None, Some(ok)) => {
+                log::warn!(
+                    "{path}: run {} finished and its note is in the vault, but its record was missing; recorded it now",
+                    running.run_id
+                );
+                ok
+            }
+            (None, None) => {
                 let info = RunInfo {
                     run_id: running.run_id.clone(),
                     job_id: running.job_id.clone(),
@@ -106,53 +138,80 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
 /// process group is still that agent's (same boot, same start time: a
 /// reused pid is left alone).
 fn stop_orphans(tmp: &Path, job_path: &str, run_id: &str) {
-    // The agent itself is found by its argv, which holds this run's own MCP
-    // config path: that covers a runner killed before it could record the
-    // agent's group.
-    let mcp = run::mcp_config_path(tmp, run_id).display().to_string();
-    for (pid, pgid) in os::processes_with_arg(&mcp) {
-        if pgid > 1 && pgid != std::process::id() {
-            log::warn!(
-                "{job_path}: stopping the agent {pid} of run {run_id}, left running by a runner that died"
-            );
-            let _ = os::kill_group(pgid, os::SIGKILL);
-        }
-    }
-    // What it left in its group after it exited, from the record.
     let file = run::agent_record_path(tmp, run_id);
-    let Ok(bytes) = fs::read(&file) else { return };
+    let record = files::read_capped(&file, 64 << 10)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
     let _ = fs::remove_file(&file);
-    let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return;
-    };
-    if let Some(cgroup) = record["cgroup"].as_str() {
-        let killed = crate::contain::kill_leftover_cgroup(Path::new(cgroup));
+    // The run's cgroup: exactly what the run started, found by the record
+    // or by its name (a runner killed before it wrote the record).
+    let cgroup = record
+        .as_ref()
+        .and_then(|r| r["cgroup"].as_str().map(PathBuf::from))
+        .or_else(|| contain::cgroup_of(run_id));
+    if let Some(dir) = cgroup {
+        let killed = contain::kill_leftover_cgroup(&dir);
         if killed > 0 {
             log::warn!(
-                "{job_path}: stopped {killed} process(es) left in the cgroup of run {run_id}"
+                "{job_path}: stopped {killed} process(es) of run {run_id} (its cgroup), left running by a runner that died"
             );
         }
     }
+    // Its process group, from the record: only if it is still that
+    // agent's (same boot; the leader, if alive, the one recorded), and only
+    // the members born after the agent.
+    let Some(record) = record else { return };
     let (Some(pgid), Some(start)) = (
         record["pgid"].as_u64().and_then(|p| u32::try_from(p).ok()),
         record["start"].as_u64(),
     ) else {
         return;
     };
-    if record["boot_id"].as_str() != os::boot_id().as_deref() {
+    if pgid <= 1 || record["boot_id"].as_str() != os::boot_id().as_deref() {
         return;
     }
-    if os::proc_stat(pgid).is_some_and(|(_, s)| s != start) {
+    if os::process(pgid).is_some_and(|p| p.start != start) {
         return;
     }
-    let members = os::group_members(pgid);
+    let members: Vec<os::Process> = os::processes()
+        .into_iter()
+        .filter(|p| p.pgid == pgid && !p.zombie && p.start >= start)
+        .collect();
     if !members.is_empty() {
         log::warn!(
             "{job_path}: stopping {} process(es) left running by the agent of run {run_id}",
             members.len()
         );
-        let _ = os::kill_group(pgid, os::SIGKILL);
+        for p in members {
+            let _ = os::kill_pid(p.pid, os::SIGKILL);
+        }
     }
+}
+
+/// Whether the vault already holds the note of a run whose record is
+/// missing (delivered straight, then state.json could not be written):
+/// `Some(ok)` when it does. A second note for the slot must not follow.
+fn delivered(rt: &Runtime, running: &Running) -> Result<Option<bool>, VaultError> {
+    let prefix: String = running.run_id.chars().take(8).collect();
+    let failed = format!("{}.failed", running.output_path);
+    for (path, ok) in [(&running.output_path, true), (&failed, false)] {
+        let Some(note) = rt.vault.get_note(path)? else {
+            continue;
+        };
+        if note.run_id() == Some(running.run_id.as_str()) {
+            return Ok(Some(ok));
+        }
+        // Taken by another note: this run's went to the suffixed path.
+        let suffixed = format!("{path}-{prefix}");
+        if rt
+            .vault
+            .get_note(&suffixed)?
+            .is_some_and(|n| n.run_id() == Some(running.run_id.as_str()))
+        {
+            return Ok(Some(ok));
+        }
+    }
+    Ok(None)
 }
 
 /// The run ids still marked running.

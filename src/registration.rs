@@ -61,7 +61,9 @@ pub fn upsert(old: Option<&Value>, row: &Row<'_>) -> Result<Value, String> {
 /// Reads, upserts and writes the file atomically.
 pub fn register(home: &Path, row: &Row<'_>) -> Result<(), String> {
     let path = home.join(FILE);
-    let old = match files::read_optional(&path).map_err(|e| format!("{}: {e}", path.display()))? {
+    let old = match files::read_optional(&path, 1 << 20)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+    {
         None => None,
         Some(bytes) => Some(
             serde_json::from_slice::<Value>(&bytes)

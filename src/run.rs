@@ -24,7 +24,7 @@ use crate::note::{self, RunInfo};
 use crate::os;
 use crate::outbox::Delivery;
 use crate::random;
-use crate::state::{JobState, LastRun, Lock, Locked, Running, StateError, Store};
+use crate::state::{JobState, LastRun, LiveRun, Lock, Locked, Running, StateError, Store};
 use crate::template::{self, Vars};
 use crate::tools;
 use crate::vault::normalize;
@@ -52,6 +52,7 @@ pub struct Claimed {
     /// template error).
     pub prompt: Result<String, Failure>,
     _lock: Lock,
+    _live: LiveRun,
 }
 
 /// How a run went, for the report line.
@@ -119,6 +120,9 @@ pub fn prepare(
         template::render(&job.output_path, &vars, "output_path"),
         template::render(&job.prompt, &vars, "prompt"),
     ) {
+        (Ok(path), Ok(_)) if path.trim_start().starts_with('/') => Err(format!(
+            "output_path renders to {path:?}, an absolute path; it must be relative to the vault"
+        )),
         (Ok(path), Ok(prompt)) => match normalize(&path) {
             Some(path) => Ok((path, prompt)),
             None => Err(format!(
@@ -169,6 +173,17 @@ pub fn claim(
     let Some(lock) = store.try_lock_job(&job.path)? else {
         return Ok(None);
     };
+    // A lock file removed from under a live run gives a fresh lock: the
+    // run's own record says it goes on.
+    if locked
+        .state
+        .jobs
+        .get(&job.path)
+        .and_then(|e| e.running.as_ref())
+        .is_some_and(Running::runner_alive)
+    {
+        return Ok(None);
+    }
     let entry = locked
         .state
         .jobs
@@ -186,17 +201,21 @@ pub fn claim(
         slot: info.slot,
         started_at: info.started_at,
         pid: std::process::id(),
+        pid_start: os::self_start(),
+        boot_id: os::boot_id(),
         trigger: info.trigger,
         output_path: info.output_path.clone(),
         job_id: info.job_id.clone(),
         model: info.model.clone(),
         output_tags: info.tags.clone(),
     });
+    let live = LiveRun::new(&info.run_id);
     Ok(Some(Claimed {
         job,
         info,
         prompt,
         _lock: lock,
+        _live: live,
     }))
 }
 
@@ -209,6 +228,7 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
         mut info,
         prompt,
         _lock,
+        _live,
     } = claimed;
     info.started_at = rt.clock.now();
     let started = Instant::now();
@@ -252,48 +272,61 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
 
     // 1. The note is safe on disk before the run is marked finished.
     let spooled = rt.outbox.spool(&job.path, ok, &note, rt.clock.now());
-    if let Err(e) = &spooled {
-        log::error!(
-            "{}: could not queue the output of run {} ({e}); writing it to the vault directly",
-            job.path,
-            info.run_id
-        );
-    }
-    // 2. The outcome is recorded and the job released.
-    let recorded = record_outcome(rt, &info, ok, &note.path);
-    drop(_lock);
-    // 3. Delivery, from the outbox entry (the note in memory, which may be
-    // megabytes, is dropped first). Not when the record failed and the note
-    // is queued: the next pass must find it in the outbox to settle the
-    // run; delivered now, that pass would take the run for interrupted.
-    let spooled = spooled.map_err(|_| note);
-    match spooled {
-        Ok(_) if !recorded => {
-            report.queued_because = Some("the run could not be recorded in state.json".to_string());
+    let entry = match spooled {
+        Ok(entry) => entry,
+        Err(spool_error) => {
+            // Not on disk (a full disk, say): the vault now, or the output
+            // is lost; either way the record says what happened.
+            log::error!(
+                "{}: could not queue the output of run {} ({spool_error}); writing it to the vault directly",
+                job.path,
+                info.run_id
+            );
+            match deliver::deliver(rt.vault.as_ref(), &note, None) {
+                Ok(path) => {
+                    report.written_to = Some(path);
+                    record_outcome(rt, &info, ok, &note.path);
+                }
+                Err(e) => {
+                    let lost = format!(
+                        "output lost: it could not be queued ({spool_error}) and the vault did not take it ({e})"
+                    );
+                    log::error!("{}: run {}: {lost}", job.path, info.run_id);
+                    report.ok = false;
+                    report.cause.get_or_insert(Cause::Other);
+                    report.error = Some(match report.error.take() {
+                        Some(first) => format!("{first}; {lost}"),
+                        None => lost,
+                    });
+                    record_outcome(rt, &info, false, &note.path);
+                }
+            }
+            drop(_lock);
+            return report;
         }
-        Ok(entry) => match rt.outbox.deliver_entry(rt.vault.as_ref(), &entry) {
-            Delivery::Delivered(path) => report.written_to = Some(path),
-            Delivery::Busy => report.written_to = Some(report.output_path.clone()),
-            Delivery::Failed(e) => {
-                log::warn!(
-                    "{}: output of run {} queued in the outbox: {e}",
-                    job.path,
-                    info.run_id
-                );
-                report.queued_because = Some(e.to_string());
-            }
-        },
-        Err(note) => match deliver::deliver(rt.vault.as_ref(), &note, None) {
-            Ok(path) => report.written_to = Some(path),
-            Err(e) => {
-                log::error!(
-                    "{}: the output of run {} is LOST: {e}",
-                    job.path,
-                    info.run_id
-                );
-                report.queued_because = Some(e.to_string());
-            }
-        },
+    };
+    drop(note);
+    // 2. The outcome is recorded and the job released.
+    let recorded = record_outcome(rt, &info, ok, &report.output_path);
+    drop(_lock);
+    // 3. Delivery, from the outbox entry. Not when the record failed: the
+    // next pass must find the note in the outbox to settle the run;
+    // delivered now, that pass would take the run for interrupted.
+    if !recorded {
+        report.queued_because = Some("the run could not be recorded in state.json".to_string());
+        return report;
+    }
+    match rt.outbox.deliver_entry(rt.vault.as_ref(), &entry) {
+        Delivery::Delivered(path) => report.written_to = Some(path),
+        Delivery::Busy => report.written_to = Some(report.output_path.clone()),
+        Delivery::Failed(e) => {
+            log::warn!(
+                "{}: output of run {} queued in the outbox: {e}",
+                job.path,
+                info.run_id
+            );
+            report.queued_because = Some(e.to_string());
+        }
     }
     report
 }
@@ -515,6 +548,7 @@ mod tests {
             ("", "{{nope}}"),
             ("output_path: \"x/{{bad}}\"\n", "ok"),
             ("output_path: \"{{date}}/../..\"\n", "ok"),
+            ("output_path: \"/etc/{{date}}\"\n", "ok"),
         ] {
             let (info, prompt) = prepare(&job(extra, body), Trigger::Manual, None, now, None);
             assert!(prompt.unwrap_err().error.starts_with("template error: "));

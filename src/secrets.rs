@@ -8,9 +8,11 @@
 //! a new key: that would silently throw the stored token away. Where the
 //! store lives (beside config.json) is the caller's business.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{OnceLock, RwLock};
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
@@ -37,6 +39,51 @@ impl Secret {
     }
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+/// The secrets this process holds, to scrub from outside text.
+fn known() -> &'static RwLock<Vec<String>> {
+    static KNOWN: OnceLock<RwLock<Vec<String>>> = OnceLock::new();
+    KNOWN.get_or_init(RwLock::default)
+}
+
+/// What a scrubbed secret becomes.
+pub const REDACTED: &str = "[redacted]";
+
+/// Remembers `secret`, so `scrub` removes it from text that came from
+/// outside (a vault or proxy that echoes the Authorization header in an
+/// error body, an agent that prints it). Too short a value is not one: it
+/// would redact ordinary words.
+pub fn remember(secret: &Secret) {
+    if secret.0.len() < 6 {
+        return;
+    }
+    let mut known = known().write().unwrap_or_else(|p| p.into_inner());
+    if !known.contains(&secret.0) {
+        known.push(secret.0.clone());
+    }
+}
+
+/// `text` with every remembered secret replaced by `[redacted]`; borrowed
+/// when there is none in it (the usual case).
+pub fn scrub(text: &str) -> Cow<'_, str> {
+    let known = known().read().unwrap_or_else(|p| p.into_inner());
+    if !known.iter().any(|s| text.contains(s.as_str())) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = text.to_string();
+    for s in known.iter() {
+        out = out.replace(s.as_str(), REDACTED);
+    }
+    Cow::Owned(out)
+}
+
+/// `scrub` of an owned string, without a copy when it holds no secret.
+pub fn scrub_owned(text: String) -> String {
+    match scrub(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(clean) => clean,
     }
 }
 
@@ -184,7 +231,8 @@ impl SecretStore {
 
     fn read_key(&self) -> Result<Option<[u8; KEY_LEN]>, SecretsError> {
         let path = self.key_path();
-        let Some(bytes) = files::read_optional(&path).map_err(|e| self.io(&path, e))? else {
+        let Some(bytes) = files::read_optional(&path, 4 << 10).map_err(|e| self.io(&path, e))?
+        else {
             return Ok(None);
         };
         <[u8; KEY_LEN]>::try_from(bytes.as_slice())
@@ -222,7 +270,7 @@ impl SecretStore {
 }
 
 fn read_entries(path: &Path) -> Result<Map<String, Value>, SecretsError> {
-    let Some(bytes) = files::read_optional(path).map_err(|source| SecretsError::Io {
+    let Some(bytes) = files::read_optional(path, 1 << 20).map_err(|source| SecretsError::Io {
         path: path.to_path_buf(),
         source,
     })?
@@ -316,6 +364,18 @@ fn open_envelope(key: &[u8; KEY_LEN], entry: &Value) -> Result<Vec<u8>, Problem>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_secrets_are_scrubbed() {
+        remember(&Secret::new("pvt_scrub_me_0123"));
+        remember(&Secret::new("abc"));
+        assert_eq!(
+            scrub("401: Authorization: Bearer pvt_scrub_me_0123 rejected"),
+            "401: Authorization: Bearer [redacted] rejected"
+        );
+        assert!(matches!(scrub("nothing here, abc"), Cow::Borrowed(_)));
+        assert_eq!(scrub_owned("x pvt_scrub_me_0123".into()), "x [redacted]");
+    }
     use std::fs;
     use std::os::unix::fs::MetadataExt;
 

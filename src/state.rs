@@ -17,10 +17,13 @@ use serde::{Deserialize, Serialize};
 use crate::due::Trigger;
 use crate::files;
 use crate::instant;
+use crate::os;
 
 pub const STATE_FILE: &str = "state.json";
 pub const LOCKS_DIR: &str = "locks";
 const VERSION: u32 = 1;
+/// The largest state.json read: some hundred bytes per job.
+const MAX_STATE: u64 = 64 << 20;
 
 /// The whole file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +31,18 @@ pub struct State {
     pub version: u32,
     #[serde(default)]
     pub jobs: BTreeMap<String, JobState>,
+    /// Notes found invalid, by path, so an unchanged one is not parsed
+    /// again every pass.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub invalid: BTreeMap<String, Rejected>,
+}
+
+/// What a pass remembers of an invalid note.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// `note_hash` of the note it was checked from.
+    pub hash: String,
+    pub problems: Vec<String>,
 }
 
 /// One job's entry, keyed by job path.
@@ -80,7 +95,14 @@ pub struct Running {
     pub slot: Option<Timestamp>,
     #[serde(with = "instant")]
     pub started_at: Timestamp,
+    /// The runner process of the run, with its start time and boot, so
+    /// its liveness does not rest on a lock file alone (a tmp cleaner may
+    /// remove lock files).
     pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     pub trigger: Trigger,
     /// Where the success note would go (the failure note adds `.failed`).
     pub output_path: String,
@@ -88,6 +110,52 @@ pub struct Running {
     pub model: String,
     #[serde(default)]
     pub output_tags: Vec<String>,
+}
+
+/// The runs this process has going on, by run id: a `running` entry with
+/// this process's pid is alive only if it is one of them.
+fn live_here() -> std::sync::MutexGuard<'static, std::collections::HashSet<String>> {
+    static LIVE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    LIVE.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// A run of this process going on; it ends when this is dropped.
+#[derive(Debug)]
+pub struct LiveRun(String);
+
+impl LiveRun {
+    pub fn new(run_id: &str) -> LiveRun {
+        live_here().insert(run_id.to_string());
+        LiveRun(run_id.to_string())
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        live_here().remove(&self.0);
+    }
+}
+
+impl Running {
+    /// Whether the runner that started this run is alive: the same pid,
+    /// started at the same time, in this boot (and, for this very
+    /// process, the run still going on). An entry without a start time
+    /// (an older runner's) is judged by its lock alone.
+    pub fn runner_alive(&self) -> bool {
+        if self.pid == std::process::id() && self.pid_start == os::self_start() {
+            return live_here().contains(&self.run_id);
+        }
+        let (Some(start), Some(boot)) = (self.pid_start, self.boot_id.as_deref()) else {
+            return false;
+        };
+        if os::boot_id().as_deref() != Some(boot) {
+            return false;
+        }
+        os::process(self.pid).is_some_and(|p| !p.zombie && p.start == start)
+    }
 }
 
 /// A held advisory lock; released when dropped.
@@ -199,7 +267,7 @@ impl Store {
                 log::warn!("{e}");
                 Ok(State {
                     version: VERSION,
-                    jobs: BTreeMap::new(),
+                    ..State::default()
                 })
             }
             other => other,
@@ -213,10 +281,11 @@ impl Store {
 
     fn load(&self, locked: bool) -> Result<State, StateError> {
         let path = self.state_path();
-        let Some(bytes) = files::read_optional(&path).map_err(|e| Self::io(&path, e))? else {
+        let Some(bytes) = files::read_optional(&path, MAX_STATE).map_err(|e| Self::io(&path, e))?
+        else {
             return Ok(State {
                 version: VERSION,
-                jobs: BTreeMap::new(),
+                ..State::default()
             });
         };
         match serde_json::from_slice::<State>(&bytes) {
@@ -248,7 +317,7 @@ impl Store {
                 let _ = fs::rename(&path, &aside);
                 Ok(State {
                     version: VERSION,
-                    jobs: BTreeMap::new(),
+                    ..State::default()
                 })
             }
         }
@@ -306,7 +375,20 @@ impl Locked {
         let mut bytes = serde_json::to_vec(&self.state)
             .map_err(|e| Store::io(&self.path, io::Error::other(e)))?;
         bytes.push(b'\n');
-        files::write_atomic(&self.path, &bytes).map_err(|e| Store::io(&self.path, e))
+        match files::write_atomic(&self.path, &bytes) {
+            Err(e) if files::is_full(&e) => {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                if !files::release_reserve(dir) {
+                    return Err(Store::io(&self.path, e));
+                }
+                log::error!(
+                    "the disk of {} is full: used the runner's reserve to record state; free some space",
+                    dir.display()
+                );
+                files::write_atomic(&self.path, &bytes).map_err(|e| Store::io(&self.path, e))
+            }
+            other => other.map_err(|e| Store::io(&self.path, e)),
+        }
     }
 }
 

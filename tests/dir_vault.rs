@@ -217,6 +217,7 @@ fn a_run_writes_a_note_file_that_reads_back_as_a_note() {
         vault
             .list_jobs()
             .unwrap()
+            .notes
             .iter()
             .all(|n| n.path.as_deref() == Some("jobs/brief"))
     );

@@ -214,10 +214,8 @@ fn ten_thousand_requests_on_200_connections_while_jobs_run() {
     );
     assert_eq!(ok.load(Ordering::Relaxed), 10_000);
     assert_eq!(failures, 0);
-    assert!(worst < Duration::from_secs(2), "healthz took {worst:?}");
-    // 200 connection threads of tiny_http plus ours, each with its stack
-    // mostly untouched: bounded well under 256 MiB.
-    assert!(hwm < 256 * 1024, "VmHWM {hwm} KiB");
+    // How long /healthz took and how much memory serve used are figures
+    // (printed above; measured in bench/, scenario 6), not assertions.
     assert_eq!(s.get("/healthz", None).0, 200);
     assert!(!w.runs().is_empty(), "jobs ran meanwhile");
 }

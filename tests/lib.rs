@@ -6,6 +6,7 @@
 
 mod support;
 
+mod agent_results;
 mod cli;
 mod concurrency;
 mod cron;
@@ -16,6 +17,7 @@ mod files;
 mod fuzz;
 mod hostile_http;
 mod once;
+mod real_claude;
 mod real_claude_probe;
 mod secrets;
 mod serve;

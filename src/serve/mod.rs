@@ -27,7 +27,7 @@ use crate::instant::until;
 use crate::job::Job;
 use crate::metrics::{Gauges, Metrics};
 use crate::run::Claimed;
-use crate::vault::Note;
+use crate::vault::{Listing, Note};
 use crate::{EXIT_OK, admin_api, os, registration};
 
 mod admin;
@@ -227,9 +227,11 @@ impl Daemon {
             let depth = s.rt.as_ref().map_or(0, |rt| rt.outbox.depth());
             (s.table.len(), depth, s.last_poll)
         };
+        let waiting = self.live().values().filter(|l| l.cancel.is_none()).count();
         Gauges {
             jobs_loaded,
             running: self.running_count(),
+            waiting,
             outbox_depth,
             last_poll: last_poll.map(|(t, _)| t.as_second()),
             last_poll_ok: last_poll.is_some_and(|(_, ok)| ok),
@@ -312,8 +314,8 @@ impl Daemon {
         };
         rt.deliver_outbox();
         let now = self.clock.now();
-        let notes = match rt.vault.list_jobs() {
-            Ok(notes) => notes,
+        let listing = match rt.vault.list_jobs() {
+            Ok(listing) => listing,
             Err(e) => {
                 log::error!(
                     "poll failed, keeping the current {} jobs: {e}",
@@ -327,11 +329,11 @@ impl Daemon {
         self.metrics.poll(true);
         log::debug!(
             "poll: {} jobs, next in {}s",
-            notes.len(),
+            listing.notes.len(),
             interval.as_secs()
         );
         self.shared().last_poll = Some((now, true));
-        self.decide(&rt, notes, now, Scope::All);
+        self.decide(&rt, listing, now, Scope::All);
         // What the settling of dead runs queued.
         rt.deliver_outbox();
     }
@@ -379,19 +381,23 @@ impl Daemon {
                 }
             }
         }
-        self.decide(&rt, notes, self.clock.now().max(now), Scope::Some);
+        let listing = Listing {
+            notes,
+            skipped: Vec::new(),
+        };
+        self.decide(&rt, listing, self.clock.now().max(now), Scope::Some);
     }
 
     /// Decides `notes` at `now` through the engine, starts a worker for
     /// every claimed run, and puts each note in the table with its next
     /// slot. Even if the state cannot be locked every job gets its next
     /// slot: none may stay "due" (the scheduler would spin on it).
-    fn decide(self: &Arc<Self>, rt: &Runtime, notes: Vec<Note>, now: Timestamp, scope: Scope) {
+    fn decide(self: &Arc<Self>, rt: &Runtime, listing: Listing, now: Timestamp, scope: Scope) {
         // Cleared credential since this began: start nothing.
         let pass = if self.shared().paused {
             None
         } else {
-            match engine::claim_due(rt, &notes, now, scope) {
+            match engine::claim_due(rt, &listing, now, scope) {
                 Ok(pass) => Some(pass),
                 Err(e) => {
                     log::error!("{e}");
@@ -399,11 +405,16 @@ impl Daemon {
                 }
             }
         };
+        for (path, reason) in &listing.skipped {
+            log::warn!("invalid job at {path}: {reason}");
+        }
+        let notes = listing.notes;
         let (claimed, plans): (Vec<Claimed>, Vec<Result<Plan, String>>) = match pass {
             Some(pass) => {
                 let plans = pass
                     .looked
                     .into_iter()
+                    .take(notes.len())
                     .map(|looked| match looked.verdict {
                         Verdict::Invalid(e) => {
                             log::warn!("{e}");

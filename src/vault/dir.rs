@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{AgentSetup, Created, NewNote, Newest, Note, Vault, VaultError, normalize};
+use super::{
+    AgentSetup, Created, Listing, MAX_NOTE, NewNote, Newest, Note, Vault, VaultError, normalize,
+};
 use crate::files;
 use crate::job;
 
 /// Bytes read to decide whether a file is a job (its frontmatter).
 const HEAD: u64 = 64 << 10;
-/// Job notes larger than this are skipped with a warning.
-const MAX_NOTE: u64 = 8 << 20;
 
 pub struct DirVault {
     root: PathBuf,
@@ -78,7 +78,8 @@ impl DirVault {
                     }
                     stack.push(path);
                 } else if name.ends_with(".md")
-                    && (file_type.is_file() || (file_type.is_symlink() && path.is_file()))
+                    && (file_type.is_file()
+                        || (file_type.is_symlink() && path.is_file() && self.inside(&path)))
                     && let Some(rel) = self.relative(&path)
                 {
                     let id = rel.strip_suffix(".md").unwrap_or(&rel).to_string();
@@ -101,6 +102,54 @@ impl DirVault {
         Some(self.root.join(format!("{clean}.md")))
     }
 
+    /// Creates the folders of note path `clean` one by one, below the
+    /// vault folder, refusing any that is a symbolic link (or not a
+    /// folder): an output is never written outside the vault through a
+    /// linked `jobs/runs` or output folder.
+    fn make_parents(&self, clean: &str) -> io::Result<()> {
+        let Some((folders, _)) = clean.rsplit_once('/') else {
+            return Ok(());
+        };
+        let mut dir = self.root.clone();
+        for part in folders.split('/') {
+            dir.push(part);
+            let meta = match fs::symlink_metadata(&dir) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match fs::create_dir(&dir) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(e),
+                    }
+                    fs::symlink_metadata(&dir)?
+                }
+                Err(e) => return Err(e),
+            };
+            if meta.file_type().is_symlink() {
+                return Err(io::Error::other(format!(
+                    "{} is a symbolic link; the runner writes outputs only into real folders of the vault",
+                    dir.display()
+                )));
+            }
+            if !meta.is_dir() {
+                return Err(io::Error::other(format!(
+                    "{} is not a folder",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `file` (which may be a symbolic link) is inside the vault
+    /// folder once every link is resolved.
+    fn inside(&self, file: &Path) -> bool {
+        match (fs::canonicalize(&self.root), fs::canonicalize(file)) {
+            (Ok(root), Ok(real)) => real.starts_with(root),
+            _ => false,
+        }
+    }
+
     fn note_from_file(&self, id: &str, file: &Path, content: String) -> Note {
         let created_at = fs::metadata(file)
             .and_then(|m| m.modified())
@@ -115,13 +164,15 @@ impl DirVault {
             tags,
             metadata,
             created_at,
+            byte_size: None,
         }
     }
 }
 
 impl Vault for DirVault {
-    fn list_jobs(&self) -> Result<Vec<Note>, VaultError> {
+    fn list_jobs(&self) -> Result<Listing, VaultError> {
         let mut jobs = Vec::new();
+        let mut skipped = Vec::new();
         self.walk(true, &mut |id, file| {
             let Some(head) = read_head(file) else { return };
             if !job::frontmatter_tags(&head)
@@ -137,16 +188,30 @@ impl Vault for DirVault {
                         jobs.push(note);
                     }
                 }
-                Err(e) => log::warn!("skipping job file {}: {e}", file.display()),
+                Err(e) => skipped.push((
+                    id.to_string(),
+                    format!("cannot read {}: {e}", file.display()),
+                )),
             }
         })?;
-        Ok(jobs)
+        Ok(Listing {
+            notes: jobs,
+            skipped,
+        })
     }
 
     fn get_note(&self, path: &str) -> Result<Option<Note>, VaultError> {
         let Some(file) = self.file_for(path) else {
             return Ok(None);
         };
+        if fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink())
+            && !self.inside(&file)
+        {
+            return Err(VaultError::Io {
+                what: format!("reading {}", file.display()),
+                detail: "a symbolic link out of the vault folder; not followed".to_string(),
+            });
+        }
         match read_limited(&file) {
             Ok(content) => {
                 let id = normalize(path).unwrap_or_default();
@@ -167,9 +232,7 @@ impl Vault for DirVault {
             });
         };
         let file = self.root.join(format!("{clean}.md"));
-        if let Some(parent) = file.parent() {
-            fs::create_dir_all(parent).map_err(|e| self.io(&what, e))?;
-        }
+        self.make_parents(&clean).map_err(|e| self.io(&what, e))?;
         let text = render_file(note).map_err(|e| self.io(&what, e))?;
         match files::write_new(&file, text.as_bytes()) {
             Ok(true) => Ok(Created::At(clean)),
@@ -253,7 +316,7 @@ fn frontmatter_fields(content: &str) -> (Vec<String>, Option<Value>) {
 /// The first `HEAD` bytes of a file as text (lossy), `None` if unreadable.
 fn read_head(file: &Path) -> Option<String> {
     let mut buf = Vec::new();
-    fs::File::open(file)
+    files::open_regular(file)
         .ok()?
         .take(HEAD)
         .read_to_end(&mut buf)
@@ -262,16 +325,7 @@ fn read_head(file: &Path) -> Option<String> {
 }
 
 fn read_limited(file: &Path) -> io::Result<String> {
-    let mut buf = Vec::new();
-    fs::File::open(file)?
-        .take(MAX_NOTE + 1)
-        .read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_NOTE {
-        return Err(io::Error::other(format!(
-            "larger than {} MiB",
-            MAX_NOTE >> 20
-        )));
-    }
+    let buf = files::read_capped(file, MAX_NOTE)?;
     String::from_utf8(buf).map_err(|_| io::Error::other("not UTF-8 text"))
 }
 

@@ -38,7 +38,22 @@ pub struct Note {
     pub metadata: Option<Value>,
     #[serde(default)]
     pub created_at: Option<String>,
+    /// `byteSize` of a listing without content.
+    #[serde(default)]
+    pub byte_size: Option<u64>,
 }
+
+/// The job notes a listing found, and those it had to leave out (each
+/// with why: too large to be read).
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    pub notes: Vec<Note>,
+    pub skipped: Vec<(String, String)>,
+}
+
+/// The largest job note read: its frontmatter is at most 256 KiB and its
+/// prompt is what the agent gets on stdin.
+pub const MAX_NOTE: u64 = 8 << 20;
 
 impl Note {
     /// The note's path, or its id when it has none.
@@ -117,6 +132,8 @@ pub enum VaultError {
     Malformed { what: String, detail: String },
     /// A directory vault's file error.
     Io { what: String, detail: String },
+    /// An answer larger than the runner reads.
+    TooLarge { what: String, limit: u64 },
 }
 
 impl VaultError {
@@ -145,6 +162,11 @@ impl fmt::Display for VaultError {
                 write!(f, "{what}: unexpected answer from the vault: {detail}")
             }
             VaultError::Io { what, detail } => write!(f, "{what}: {detail}"),
+            VaultError::TooLarge { what, limit } => write!(
+                f,
+                "{what}: the answer is larger than the {} the runner reads",
+                crate::files::size(*limit)
+            ),
         }
     }
 }
@@ -153,8 +175,9 @@ impl std::error::Error for VaultError {}
 
 /// The operations the runner needs from a vault.
 pub trait Vault: Send + Sync {
-    /// Every job note (tagged `job`, outputs excluded), each once.
-    fn list_jobs(&self) -> Result<Vec<Note>, VaultError>;
+    /// Every job note (tagged `job`, outputs excluded), each once; a note
+    /// too large to read is left out and named in `skipped`.
+    fn list_jobs(&self) -> Result<Listing, VaultError>;
     /// One note by path; `None` if there is none.
     fn get_note(&self, path: &str) -> Result<Option<Note>, VaultError>;
     /// Creates a note; never overwrites.

@@ -9,8 +9,10 @@
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{AgentSetup, Created, NewNote, Newest, Note, Timeouts, Vault, VaultError};
-use crate::secrets::Secret;
+use super::{
+    AgentSetup, Created, Listing, MAX_NOTE, NewNote, Newest, Note, Timeouts, Vault, VaultError,
+};
+use crate::secrets::{Secret, scrub};
 
 /// Notes per listing page (SPEC §4.1).
 pub const PAGE: usize = 500;
@@ -93,36 +95,64 @@ impl RestVault {
     }
 
     /// Pages through `GET /notes?tag=…` until a short page, de-duplicating
-    /// by id, handing each new note to `each`.
+    /// by id, handing each new note to `each`. A page with content that is
+    /// too large to read is read again without content, and its notes one
+    /// by one; a note too large is named in `skipped` instead.
     fn page_tagged(
         &self,
         tag: &str,
         content: bool,
         mut each: impl FnMut(Note),
+        skipped: &mut Vec<(String, String)>,
     ) -> Result<(), VaultError> {
         let what = format!("listing notes tagged {tag}");
         let mut seen = std::collections::HashSet::new();
         let mut offset = 0usize;
         loop {
-            let url = format!(
-                "{}/notes?tag={}&include_content={}&limit={PAGE}&offset={offset}",
-                self.api,
-                crate::percent::encode(tag),
-                if content { "true" } else { "false" }
-            );
-            let Some(page) = self.get_body(&what, &url, false)? else {
-                break;
+            let url = |content: bool| {
+                format!(
+                    "{}/notes?tag={}&include_content={}&limit={PAGE}&offset={offset}",
+                    self.api,
+                    crate::percent::encode(tag),
+                    if content { "true" } else { "false" }
+                )
             };
-            let notes = parse_page(&page).map_err(|detail| VaultError::Malformed {
-                what: what.clone(),
-                detail,
-            })?;
+            let (notes, by_index) = match self.get_body(&what, &url(content), false) {
+                Ok(Some(page)) => (self.page(&what, &page)?, false),
+                Ok(None) => break,
+                Err(VaultError::TooLarge { .. }) if content => {
+                    let Some(page) = self.get_body(&what, &url(false), false)? else {
+                        break;
+                    };
+                    (self.page(&what, &page)?, true)
+                }
+                Err(e) => return Err(e),
+            };
             let count = notes.len();
             let mut new = 0;
             for note in notes {
-                if seen.insert(note.id.clone()) {
-                    new += 1;
+                if !seen.insert(note.id.clone()) {
+                    continue;
+                }
+                new += 1;
+                if !by_index {
                     each(note);
+                    continue;
+                }
+                let path = note.path_or_id().to_string();
+                if note.is_output() {
+                    continue;
+                }
+                match note.byte_size {
+                    Some(n) if n > MAX_NOTE => skipped.push((path, too_large(n))),
+                    _ => match self.get_note(&path) {
+                        Ok(Some(full)) => each(full),
+                        Ok(None) => {}
+                        Err(VaultError::TooLarge { .. }) => {
+                            skipped.push((path, too_large(note.byte_size.unwrap_or(MAX_BODY))));
+                        }
+                        Err(e) => return Err(e),
+                    },
                 }
             }
             // A short page ends the listing; so does a page with nothing new
@@ -134,17 +164,47 @@ impl RestVault {
         }
         Ok(())
     }
+
+    fn page(&self, what: &str, page: &[u8]) -> Result<Vec<Note>, VaultError> {
+        parse_page(page).map_err(|detail| VaultError::Malformed {
+            what: what.to_string(),
+            detail,
+        })
+    }
+}
+
+/// Why a note is left out of the listing.
+fn too_large(bytes: u64) -> String {
+    format!(
+        "the note is {}, larger than the {} a job note may be; it is not run",
+        crate::files::size(bytes),
+        crate::files::size(MAX_NOTE)
+    )
 }
 
 impl Vault for RestVault {
-    fn list_jobs(&self) -> Result<Vec<Note>, VaultError> {
-        let mut jobs = Vec::new();
-        self.page_tagged(super::JOB_TAG, true, |note| {
-            if !note.is_output() {
-                jobs.push(note);
-            }
-        })?;
-        Ok(jobs)
+    fn list_jobs(&self) -> Result<Listing, VaultError> {
+        let mut notes = Vec::new();
+        let mut too_big = Vec::new();
+        let mut skipped = Vec::new();
+        self.page_tagged(
+            super::JOB_TAG,
+            true,
+            |note| {
+                if note.is_output() {
+                    return;
+                }
+                if note.content.len() as u64 > MAX_NOTE {
+                    let path = note.path_or_id().to_string();
+                    too_big.push((path, too_large(note.content.len() as u64)));
+                } else {
+                    notes.push(note);
+                }
+            },
+            &mut skipped,
+        )?;
+        skipped.extend(too_big);
+        Ok(Listing { notes, skipped })
     }
 
     fn get_note(&self, path: &str) -> Result<Option<Note>, VaultError> {
@@ -212,7 +272,12 @@ impl Vault for RestVault {
 
     fn list_runs(&self, since: Option<Timestamp>, limit: usize) -> Result<Vec<Note>, VaultError> {
         let mut runs = Newest::new(since, limit);
-        self.page_tagged(crate::job::RUN_TAG, false, |note| runs.offer(note))?;
+        self.page_tagged(
+            crate::job::RUN_TAG,
+            false,
+            |note| runs.offer(note),
+            &mut Vec::new(),
+        )?;
         Ok(runs.finish())
     }
 
@@ -268,9 +333,9 @@ fn read_body(
         .limit(MAX_BODY)
         .read_to_vec()
         .map_err(|e| match e {
-            ureq::Error::BodyExceedsLimit(_) => VaultError::Malformed {
+            ureq::Error::BodyExceedsLimit(_) => VaultError::TooLarge {
                 what: what.to_string(),
-                detail: format!("the answer is larger than {} MiB", MAX_BODY >> 20),
+                limit: MAX_BODY,
             },
             other => unreachable(what, &other),
         })?;
@@ -302,7 +367,7 @@ fn status_error(what: &str, status: u16, body: &[u8]) -> VaultError {
     VaultError::Status {
         what: what.to_string(),
         status,
-        message: one_line(&message),
+        message: one_line(&scrub(&message)),
     }
 }
 
@@ -319,7 +384,7 @@ fn unreachable(what: &str, e: &ureq::Error) -> VaultError {
     };
     VaultError::Unreachable {
         what: what.to_string(),
-        detail: one_line(&detail),
+        detail: one_line(&scrub(&detail)),
     }
 }
 

@@ -2,11 +2,15 @@
 //! test. Each invocation records its argv, environment, stdin, working
 //! directory and MCP config under `<record dir>/<pid>/`, then behaves as
 //! the test asked: print, write stderr, sleep, ignore SIGTERM, leave a
-//! grandchild running, flood stdout, exit with a code.
+//! grandchild running, flood stdout, exit with a code — or replay what the
+//! real `claude -p` printed in a recorded case of `fixtures/claude-cli/`
+//! ([`FakeClaude::replays`], [`FakeClaude::replays_in_turn`]).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use serde_json::Value;
 
 #[derive(Default)]
 pub struct FakeClaude {
@@ -14,11 +18,15 @@ pub struct FakeClaude {
     stderr: Option<Vec<u8>>,
     exit: i32,
     sleep_secs: Option<f64>,
+    wait_for: Option<PathBuf>,
     ignore_term: bool,
     grandchild: bool,
     flood_bytes: Option<u64>,
     write_before_read: Option<u64>,
     echo_stdin: bool,
+    /// Recorded cases, the Nth invocation replaying the Nth (the last one
+    /// for any later invocation).
+    in_turn: Vec<Fixture>,
 }
 
 /// What one invocation recorded.
@@ -78,6 +86,13 @@ impl FakeClaude {
         self
     }
 
+    /// Waits (after reading stdin) until `file` exists: the test decides
+    /// when the run ends.
+    pub fn waits_for(mut self, file: &Path) -> FakeClaude {
+        self.wait_for = Some(file.to_path_buf());
+        self
+    }
+
     pub fn sleeps(mut self, secs: f64) -> FakeClaude {
         self.sleep_secs = Some(secs);
         self
@@ -111,6 +126,31 @@ impl FakeClaude {
     pub fn echoes_stdin(mut self) -> FakeClaude {
         self.echo_stdin = true;
         self
+    }
+
+    /// Replays the recorded case `fixture` (e.g. `"api-529"`) of
+    /// [`fixtures_dir`]: after reading stdin, prints the case's stdout file
+    /// byte for byte (and its recorded stderr on stderr) and exits with its
+    /// recorded `exit_code`.
+    pub fn replays(fixture: &str) -> FakeClaude {
+        let case = Fixture::load(fixture);
+        let mut fake = FakeClaude::new().prints(case.stdout.clone());
+        if !case.stderr().is_empty() {
+            fake = fake.stderr(case.stderr());
+        }
+        fake.exits(case.exit_code())
+    }
+
+    /// Replays `fixtures[0]` at the first invocation, `fixtures[1]` at the
+    /// second, …, and the last one at every later invocation (a run retried
+    /// after a transient failure). Invocations are counted by their record
+    /// directories, so they must not overlap.
+    pub fn replays_in_turn(fixtures: &[&str]) -> FakeClaude {
+        assert!(!fixtures.is_empty(), "replays_in_turn needs a fixture");
+        FakeClaude {
+            in_turn: fixtures.iter().map(|f| Fixture::load(f)).collect(),
+            ..FakeClaude::default()
+        }
     }
 
     /// Writes the executable as `<dir>/claude` (and its data files beside
@@ -147,8 +187,42 @@ impl FakeClaude {
         if self.echo_stdin {
             s.push_str("cat \"$d/stdin\"\n");
         }
+        let mut exit = self.exit.to_string();
+        if !self.in_turn.is_empty() {
+            for (i, case) in self.in_turn.iter().enumerate() {
+                fs::write(dir.join(format!("turn-{i}.stdout")), &case.stdout).unwrap();
+                fs::write(dir.join(format!("turn-{i}.stderr")), case.stderr()).unwrap();
+                fs::write(
+                    dir.join(format!("turn-{i}.code")),
+                    case.exit_code().to_string(),
+                )
+                .unwrap();
+            }
+            // This invocation's number: the record directories so far, ours
+            // included.
+            s.push_str(&format!(
+                "n=0\nfor e in {}/*; do n=$((n + 1)); done\ni=$((n - 1))\nif [ \"$i\" -ge {len} ]; then i={last}; fi\n",
+                quote(&calls),
+                len = self.in_turn.len(),
+                last = self.in_turn.len() - 1
+            ));
+            let turn = |ext: &str| format!("{}/turn-$i.{ext}", quote(dir));
+            s.push_str(&format!(
+                "cat {}\ncat {} >&2\ncode=$(cat {})\n",
+                turn("stdout"),
+                turn("stderr"),
+                turn("code")
+            ));
+            exit = "\"$code\"".to_string();
+        }
         if let Some(n) = self.flood_bytes {
             s.push_str(&format!("yes | head -c {n}\n"));
+        }
+        if let Some(file) = &self.wait_for {
+            s.push_str(&format!(
+                "while [ ! -e {} ]; do sleep 0.05; done\n",
+                quote(file)
+            ));
         }
         if let Some(secs) = self.sleep_secs {
             // `sleep` in the background and `wait`, so the shell itself
@@ -156,10 +230,126 @@ impl FakeClaude {
             s.push_str(&format!("sleep {secs} &\nwait $!\nwait $!\n"));
         }
         s.push_str("echo done > \"$d/finished\"\n");
-        s.push_str(&format!("exit {}\n", self.exit));
+        s.push_str(&format!("exit {exit}\n"));
         fs::write(&bin, s).unwrap();
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
         bin
+    }
+}
+
+/// The committed copy of the recorded `claude -p` runs.
+pub fn committed_fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/claude-cli")
+}
+
+/// The shared fixtures of a developer checkout (may be absent).
+pub fn shared_fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/claude-cli")
+}
+
+/// Where the recorded runs are read from: the shared folder when it
+/// exists, else the committed copy (which must then be identical to it).
+pub fn fixtures_dir() -> PathBuf {
+    let shared = shared_fixtures_dir();
+    if shared.is_dir() {
+        shared
+    } else {
+        committed_fixtures_dir()
+    }
+}
+
+/// The names of every recorded case in `dir` (`<name>.json`, not the
+/// `<name>.stdout.json` of a case), sorted.
+pub fn fixture_names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.contains(".stdout."))
+        .filter_map(|n| n.strip_suffix(".json").map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+/// One recorded run of the real CLI: `<name>.json` and its stdout.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub name: String,
+    /// `<name>.json`: `exit_code`, `output_format`, `argv`, `stderr`, …
+    pub case: Value,
+    /// The stdout file, as recorded.
+    pub stdout: Vec<u8>,
+}
+
+impl Fixture {
+    /// Reads `<name>.json` and its `stdout_file` from [`fixtures_dir`].
+    pub fn load(name: &str) -> Fixture {
+        let dir = fixtures_dir();
+        let path = dir.join(format!("{name}.json"));
+        let text = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let case: Value =
+            serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let file = case["stdout_file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no stdout_file", path.display()));
+        let stdout = fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        Fixture {
+            name: name.to_string(),
+            case,
+            stdout,
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        let code = self.case["exit_code"].as_i64();
+        let code = code.unwrap_or_else(|| panic!("{}: no integer exit_code", self.name));
+        i32::try_from(code).unwrap()
+    }
+
+    /// What the CLI printed on stderr.
+    pub fn stderr(&self) -> &str {
+        self.case["stderr"].as_str().unwrap_or("")
+    }
+
+    /// The stdout lines that are JSON objects (none for a text case).
+    pub fn lines(&self) -> Vec<Value> {
+        String::from_utf8_lossy(&self.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(Value::is_object)
+            .collect()
+    }
+
+    /// The first `result` line.
+    pub fn result(&self) -> Option<Value> {
+        self.lines().into_iter().find(|l| l["type"] == "result")
+    }
+
+    /// The `system`/`init` line.
+    pub fn init(&self) -> Option<Value> {
+        self.lines()
+            .into_iter()
+            .find(|l| l["type"] == "system" && l["subtype"] == "init")
+    }
+
+    /// The text blocks, joined by `\n`, of the last assistant line with
+    /// text that is not blank.
+    pub fn last_assistant_text(&self) -> Option<String> {
+        self.lines()
+            .iter()
+            .rev()
+            .filter(|l| l["type"] == "assistant")
+            .find_map(|l| {
+                let blocks = l.pointer("/message/content")?.as_array()?;
+                let text: Vec<&str> = blocks
+                    .iter()
+                    .filter(|b| b["type"] == "text")
+                    .filter_map(|b| b["text"].as_str())
+                    .collect();
+                let text = text.join("\n");
+                (!text.trim().is_empty()).then_some(text)
+            })
     }
 }
 

@@ -208,6 +208,66 @@ impl Ran {
     }
 }
 
+/// An output note file of a folder vault, read back: its frontmatter (read
+/// with serde_yaml, not the runner's own reader) and its body.
+pub struct NoteFile {
+    pub path: PathBuf,
+    pub front: serde_json::Map<String, serde_json::Value>,
+    pub body: String,
+}
+
+impl NoteFile {
+    /// Reads `---\n<yaml>\n---\n<body>`; panics on anything else.
+    pub fn read(path: &Path) -> NoteFile {
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let rest = text
+            .strip_prefix("---\n")
+            .unwrap_or_else(|| panic!("{}: no frontmatter:\n{text}", path.display()));
+        let end = rest
+            .find("\n---\n")
+            .unwrap_or_else(|| panic!("{}: frontmatter not closed:\n{text}", path.display()));
+        let front: serde_json::Value = serde_yaml::from_str(&rest[..end]).unwrap_or_else(|e| {
+            panic!("{}: frontmatter is not YAML ({e}):\n{text}", path.display())
+        });
+        let serde_json::Value::Object(front) = front else {
+            panic!("{}: frontmatter is not a mapping:\n{text}", path.display())
+        };
+        NoteFile {
+            path: path.to_path_buf(),
+            front,
+            body: rest[end + 5..].to_string(),
+        }
+    }
+
+    /// Every note file under `dir` (recursively), sorted by path.
+    pub fn all_in(dir: &Path) -> Vec<NoteFile> {
+        let mut files = world::walk(dir);
+        files.sort();
+        files.iter().map(|f| NoteFile::read(f)).collect()
+    }
+
+    /// A metadata value (`Null` when absent).
+    pub fn meta(&self, key: &str) -> &serde_json::Value {
+        self.front.get(key).unwrap_or(&serde_json::Value::Null)
+    }
+
+    /// A `.failed` note (`<run_id>.failed.md`).
+    pub fn is_failed(&self) -> bool {
+        self.path.to_string_lossy().ends_with(".failed.md")
+    }
+
+    /// The whole file, for assertion messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "--- {}\n{}---\n{}",
+            self.path.display(),
+            serde_yaml::to_string(&self.front).unwrap_or_default(),
+            self.body
+        )
+    }
+}
+
 /// The runner's own peak RSS in KiB, from the debug line it logs at exit
 /// (`peak memory: N KiB`, read from /proc/self/status).
 pub fn peak_rss_kib(ran: &Ran) -> u64 {
