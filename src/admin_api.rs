@@ -328,7 +328,11 @@ fn runs(daemon: &Daemon, query: &str) -> Answer {
             "no vault token: cannot reach the vault",
         );
     };
-    match rt.vault.list_runs(since, limit) {
+    let filter = crate::vault::RunFilter {
+        since,
+        ..Default::default()
+    };
+    match rt.vault.list_runs(&filter, limit) {
         Ok(notes) => {
             let list: Vec<Value> = notes
                 .into_iter()

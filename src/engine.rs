@@ -283,7 +283,14 @@ pub fn claim_due(
             },
         };
         locked.state.invalid.remove(path);
-        let decision = due::decide(&plan, &mut entry, now, rt.policy);
+        // A paused job is decided as a disabled one (its slots pass).
+        let decision = if locked.state.paused.contains_key(path) {
+            let mut paused = plan.clone();
+            paused.disabled = true;
+            due::decide(&paused, &mut entry, now, rt.policy)
+        } else {
+            due::decide(&plan, &mut entry, now, rt.policy)
+        };
         if let Some(mut entry) = entry {
             entry.note = Some(plan.seen(hashes[i].clone()));
             locked.state.jobs.insert(path.to_string(), entry);
@@ -320,7 +327,11 @@ pub fn claim_due(
             }),
         });
     }
-    if let Err(e) = locked.commit() {
+    let committed = locked.commit();
+    if scope == Scope::All {
+        rt.store.record_pass(now);
+    }
+    if let Err(e) = committed {
         // Not committed: nothing may run (another runner could decide the
         // same slots). Dropping the claims releases their job locks.
         pass.claimed.clear();

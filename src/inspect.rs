@@ -7,11 +7,12 @@ use std::path::Path;
 use crate::cli::{NextArgs, ValidateArgs};
 use crate::config::{self, Env};
 use crate::error::Error;
-use crate::job::{Job, JobError};
+use crate::instant::in_zone;
+use crate::job::{self, Job, JobError};
 use crate::schedule::{Schedule, Zone};
 use crate::template;
-use crate::tools::{self, PermissionMode};
-use crate::vault::Note;
+use crate::vault::dir::DirVault;
+use crate::vault::{Note, Vault};
 use crate::{EXIT_JOB_FAILED, EXIT_OK, print};
 
 /// The zone of `--tz`, else `PARACHUTE_RUNNER_TIMEZONE`, else the system's.
@@ -26,7 +27,8 @@ fn now(env: &Env) -> Result<jiff::Timestamp, Error> {
         .map_err(|p| Error::Fatal(p.to_string()))
 }
 
-/// `next`: the next N fire instants, one RFC 3339 UTC instant per line.
+/// `next`: the next N fire times, one per line, in the zone with its
+/// offset (`--utc`: RFC 3339 UTC instants).
 pub fn next(args: &NextArgs, env: &Env) -> Result<u8, Error> {
     let schedule =
         Schedule::parse(&args.expr).map_err(|e| Error::Fatal(format!("schedule: {e}")))?;
@@ -39,7 +41,11 @@ pub fn next(args: &NextArgs, env: &Env) -> Result<u8, Error> {
     for _ in 0..args.count {
         match schedule.next_after(at, &zone.tz) {
             Some(next) => {
-                let _ = writeln!(out, "{next}");
+                if args.utc {
+                    let _ = writeln!(out, "{next}");
+                } else {
+                    let _ = writeln!(out, "{}", in_zone(next, &zone.tz));
+                }
                 at = next;
             }
             None => break,
@@ -51,50 +57,102 @@ pub fn next(args: &NextArgs, env: &Env) -> Result<u8, Error> {
     print(&out)
 }
 
-/// `validate`: checks each file as `once` would check the note.
+/// What `validate` (and `jobs`) found for one note.
+pub struct Finding {
+    pub path: String,
+    pub job: Result<Job, JobError>,
+    pub warnings: Vec<String>,
+}
+
+/// `validate`: checks each file (or each job of a folder, as a folder
+/// vault would find them) as a pass would.
 pub fn validate(args: &ValidateArgs, env: &Env) -> Result<u8, Error> {
     let zone = zone_for(args.tz.as_deref(), env)?;
     let now = now(env)?;
-    let mut out = String::new();
-    let mut invalid = 0;
-    for file in &args.files {
-        match check_file(file, &zone) {
-            Ok(job) => {
-                let _ = write!(
-                    out,
-                    "ok: {}: schedule {:?} in {}",
-                    job.path, job.schedule_text, job.zone.name
-                );
-                if job.disabled {
-                    out.push_str(" (disabled)");
-                }
-                let mut at = now;
-                let mut nexts = Vec::new();
-                for _ in 0..3 {
-                    match job.schedule.next_after(at, &job.zone.tz) {
-                        Some(next) => {
-                            nexts.push(next.to_string());
-                            at = next;
-                        }
-                        None => break,
-                    }
-                }
-                if nexts.is_empty() {
-                    out.push_str("; never fires on its own (manual)\n");
-                } else {
-                    let _ = writeln!(out, "; next {}", nexts.join(", "));
-                }
-                if job.agent.permission_mode == Some(PermissionMode::BypassPermissions) {
-                    let _ = writeln!(out, "warning: {}", tools::bypass_warning(&job.path));
-                }
+    let mut findings = Vec::new();
+    for arg in &args.files {
+        if arg.is_dir() {
+            let root = config::absolute(arg);
+            let listing = DirVault::new(root.clone()).list_jobs()?;
+            for note in &listing.notes {
+                let file = root.join(format!("{}.md", note.path_or_id()));
+                findings.push(check_note(note, &file.display().to_string(), &zone, now));
             }
-            Err(e) => {
-                invalid += 1;
-                let _ = writeln!(out, "{e}");
+            for (path, reason) in listing.skipped {
+                findings.push(Finding {
+                    job: Err(JobError {
+                        path: path.clone(),
+                        problems: vec![reason],
+                    }),
+                    path,
+                    warnings: Vec::new(),
+                });
             }
+        } else {
+            findings.push(check_file(arg, &zone, now));
         }
     }
-    print(&out)?;
+    let invalid = findings.iter().filter(|f| f.job.is_err()).count();
+    if args.json {
+        let list: Vec<serde_json::Value> = findings
+            .iter()
+            .map(|f| {
+                let (problems, schedule, timezone, next) = match &f.job {
+                    Ok(job) => (
+                        Vec::new(),
+                        Some(job.schedule_text.clone()),
+                        Some(job.zone.name.clone()),
+                        next_three(job, now)
+                            .into_iter()
+                            .map(|t| format!("{t:.0}"))
+                            .collect(),
+                    ),
+                    Err(e) => (e.problems.clone(), None, None, Vec::new()),
+                };
+                serde_json::json!({
+                    "path": f.path, "valid": f.job.is_ok(), "problems": problems,
+                    "warnings": f.warnings, "schedule": schedule, "timezone": timezone,
+                    "next": next,
+                })
+            })
+            .collect();
+        print(&format!(
+            "{}\n",
+            serde_json::json!({ "files": list, "invalid": invalid })
+        ))?;
+    } else {
+        let mut out = String::new();
+        for f in &findings {
+            match &f.job {
+                Ok(job) => {
+                    let _ = write!(
+                        out,
+                        "ok: {}: schedule {:?} in {}",
+                        f.path, job.schedule_text, job.zone.name
+                    );
+                    if job.disabled {
+                        out.push_str(" (disabled)");
+                    }
+                    let nexts: Vec<String> = next_three(job, now)
+                        .into_iter()
+                        .map(|t| in_zone(t, &job.zone.tz))
+                        .collect();
+                    if nexts.is_empty() {
+                        out.push_str("; never fires on its own (manual)\n");
+                    } else {
+                        let _ = writeln!(out, "; next {}", nexts.join(", "));
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "{e}");
+                }
+            }
+            for w in &f.warnings {
+                let _ = writeln!(out, "warning: {}: {w}", f.path);
+            }
+        }
+        print(&out)?;
+    }
     Ok(if invalid > 0 {
         EXIT_JOB_FAILED
     } else {
@@ -102,34 +160,94 @@ pub fn validate(args: &ValidateArgs, env: &Env) -> Result<u8, Error> {
     })
 }
 
-/// Reads and checks one job file, templates included.
-fn check_file(file: &Path, zone: &Zone) -> Result<Job, JobError> {
+/// The next three fire times of a job after `now`.
+fn next_three(job: &Job, now: jiff::Timestamp) -> Vec<jiff::Timestamp> {
+    let mut at = now;
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        match job.schedule.next_after(at, &job.zone.tz) {
+            Some(next) => {
+                out.push(next);
+                at = next;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Reads and checks one job file, as a pass would check the note.
+fn check_file(file: &Path, zone: &Zone, now: jiff::Timestamp) -> Finding {
     let path = file.display().to_string();
-    let fail = |problem: String| JobError {
+    let fail = |problem: String| Finding {
         path: path.clone(),
-        problems: vec![problem],
+        job: Err(JobError {
+            path: path.clone(),
+            problems: vec![problem],
+        }),
+        warnings: Vec::new(),
     };
-    let bytes = crate::files::read_capped(file, 8 << 20)
-        .map_err(|e| fail(format!("cannot read the file: {e}")))?;
-    let content =
-        String::from_utf8(bytes).map_err(|_| fail("the file is not UTF-8 text".to_string()))?;
+    let bytes = match crate::files::read_capped(file, crate::vault::MAX_NOTE) {
+        Ok(b) => b,
+        Err(e) => return fail(format!("cannot read the file: {e}")),
+    };
+    let Ok(content) = String::from_utf8(bytes) else {
+        return fail("the file is not UTF-8 text".to_string());
+    };
     let note = Note {
         id: path.clone(),
         path: Some(path.clone()),
         content,
         ..Note::default()
     };
-    let job = Job::from_note(&note, zone)?;
-    let problems: Vec<String> = [
-        template::check(&job.prompt, "prompt"),
-        template::check(&job.output_path, "output_path"),
-    ]
-    .into_iter()
-    .filter_map(|r| r.err().map(|e| format!("template: {e}")))
-    .collect();
-    if problems.is_empty() {
-        Ok(job)
-    } else {
-        Err(JobError { path, problems })
+    let mut finding = check_note(&note, &path, zone, now);
+    if !job::frontmatter_tags(&note.content)
+        .iter()
+        .any(|t| t == crate::vault::JOB_TAG)
+    {
+        finding.warnings.push(
+            "not tagged job: a folder vault does not take it for a job (add tags: [job] to its frontmatter); a vault server needs the note tagged job".to_string(),
+        );
+    }
+    finding
+}
+
+/// Checks one note as a pass would: the job, its templates and the output
+/// path they render to, and the warnings.
+pub fn check_note(note: &Note, shown: &str, zone: &Zone, now: jiff::Timestamp) -> Finding {
+    let warnings = job::warnings(note);
+    let fail = |problems: Vec<String>| JobError {
+        path: shown.to_string(),
+        problems,
+    };
+    let job = Job::from_note(note, zone)
+        .map_err(|e| fail(e.problems))
+        .and_then(|job| {
+            let problems: Vec<String> = [
+                template::check(&job.prompt, "prompt"),
+                template::check(&job.output_path, "output_path"),
+            ]
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| format!("template: {e}")))
+            .collect();
+            if !problems.is_empty() {
+                return Err(fail(problems));
+            }
+            // What a run renders: an output path that leaves the vault or is
+            // absolute fails every run.
+            match crate::run::prepare(&job, crate::due::Trigger::Manual, None, now, None).1 {
+                Err(f) => Err(fail(vec![
+                    f.error
+                        .strip_prefix("template error: ")
+                        .unwrap_or(&f.error)
+                        .to_string(),
+                ])),
+                Ok(_) => Ok(job),
+            }
+        });
+    Finding {
+        path: shown.to_string(),
+        job,
+        warnings,
     }
 }

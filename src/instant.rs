@@ -90,6 +90,14 @@ pub fn parse_utc(s: &str) -> Option<Timestamp> {
     .ok()
 }
 
+/// `t` as a person reads it: in `tz`, with its offset
+/// (`2026-03-08T08:00:00+01:00`).
+pub fn in_zone(t: Timestamp, tz: &jiff::tz::TimeZone) -> String {
+    t.to_zoned_datetime(tz.clone())
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
 /// How long until `at`, from `now` (zero if past).
 pub fn until(now: Timestamp, at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
@@ -108,6 +116,19 @@ pub fn t(s: &str) -> Timestamp {
 mod tests {
     use super::*;
     use crate::state::JobState;
+
+    #[test]
+    fn instants_in_a_zone() {
+        let tz = jiff::tz::TimeZone::get("America/New_York").unwrap();
+        assert_eq!(
+            in_zone(t("2026-03-08T07:00:00Z"), &tz),
+            "2026-03-08T03:00:00-04:00"
+        );
+        assert_eq!(
+            in_zone(t("2026-03-08T07:00:00Z"), &jiff::tz::TimeZone::UTC),
+            "2026-03-08T07:00:00+00:00"
+        );
+    }
 
     #[test]
     fn fast_instants_agree_with_jiff() {

@@ -271,10 +271,13 @@ pub fn frontmatter_tags(content: &str) -> Vec<String> {
     else {
         return Vec::new();
     };
-    let Ok(map) = parse_frontmatter(yaml) else {
-        return Vec::new();
-    };
     let clean = |s: &str| s.trim().trim_start_matches('#').to_string();
+    let Ok(map) = parse_frontmatter(yaml) else {
+        // Broken YAML can still say it is a job (then it is reported as
+        // one with its problem, not silently left out): a `tags:` line of
+        // its own, `[a, b]`, a word, or `- a` lines under it.
+        return tags_by_line(yaml).iter().map(|t| clean(t)).collect();
+    };
     match map.get("tags") {
         Some(Value::String(s)) => s
             .split([',', ' '])
@@ -289,6 +292,29 @@ pub fn frontmatter_tags(content: &str) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The tags of a frontmatter that does not parse, read line by line.
+fn tags_by_line(yaml: &str) -> Vec<String> {
+    let mut lines = yaml.lines();
+    let Some(value) = lines.by_ref().find_map(|l| l.strip_prefix("tags:")) else {
+        return Vec::new();
+    };
+    let value = value.trim();
+    let words = |s: &str| -> Vec<String> {
+        s.split([',', ' '])
+            .map(|w| w.trim_matches(|c| matches!(c, '[' | ']' | '"' | '\'')))
+            .filter(|w| !w.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    if !value.is_empty() {
+        return words(value);
+    }
+    lines
+        .map_while(|l| l.trim_start().strip_prefix("- "))
+        .flat_map(words)
+        .collect()
 }
 
 impl Job {
@@ -309,6 +335,7 @@ impl Job {
             Some(Value::Object(m)) => m,
             _ => &empty,
         };
+        let unknown = unknown_keys(&front);
         let fields = Fields { front, metadata };
         let mut problems = Vec::new();
 
@@ -366,6 +393,12 @@ impl Job {
                     None
                 }
             });
+        if split.body.trim().is_empty() {
+            problems.push(
+                "prompt: empty (the body after the frontmatter is what the agent is asked)"
+                    .to_string(),
+            );
+        }
         let zone = match fields.get("timezone") {
             None => Some(default_zone.clone()),
             Some(_) => fields
@@ -415,7 +448,19 @@ impl Job {
                 agent,
                 ping_url,
             }),
-            _ => Err(fail(problems)),
+            _ => {
+                // A required field missing next to a key that looks like
+                // it: say so (`schedul:` is not a schedule).
+                for p in &mut problems {
+                    let Some(key) = p.strip_suffix(": required") else {
+                        continue;
+                    };
+                    if let Some((typo, _)) = unknown.iter().find(|(_, near)| *near == Some(key)) {
+                        p.push_str(&format!(" (is `{typo}` a typo of it?)"));
+                    }
+                }
+                Err(fail(problems))
+            }
         }
     }
 
@@ -423,6 +468,109 @@ impl Job {
     pub fn name(&self) -> &str {
         template::job_name(&self.path)
     }
+}
+
+/// The keys a job note's frontmatter may hold (SPEC §4.2).
+pub const JOB_KEYS: [&str; 17] = [
+    "schedule",
+    "model",
+    "allowed_tools",
+    "output_path",
+    "output_tags",
+    "timeout",
+    "disabled",
+    "timezone",
+    "catch_up",
+    "permission_mode",
+    "disallowed_tools",
+    "max_turns",
+    "max_budget_usd",
+    "fallback_model",
+    "retries",
+    "retry_delay",
+    "ping_url",
+];
+
+/// Keys notes commonly carry that say nothing about the job: no warning.
+const NOTE_KEYS: [&str; 14] = [
+    "tags",
+    "title",
+    "description",
+    "aliases",
+    "alias",
+    "created",
+    "updated",
+    "modified",
+    "author",
+    "date",
+    "status",
+    "type",
+    "id",
+    "summary",
+];
+
+/// Frontmatter keys the runner does not know, each with the known key it
+/// is closest to, when one is near (`schedul` → `schedule`).
+pub fn unknown_keys(front: &Map<String, Value>) -> Vec<(String, Option<&'static str>)> {
+    front
+        .keys()
+        .filter(|k| !JOB_KEYS.contains(&k.as_str()) && !NOTE_KEYS.contains(&k.as_str()))
+        .map(|k| {
+            let near = JOB_KEYS
+                .iter()
+                .map(|known| (edit_distance(k, known), *known))
+                .filter(|(d, known)| *d <= 2.min(known.len() / 3).max(1))
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, known)| known);
+            (k.clone(), near)
+        })
+        .collect()
+}
+
+/// What `validate` and `jobs` warn about a note: keys the runner does not
+/// know (notes carry other keys, so not an error), and a permission mode
+/// that does not enforce `allowed_tools`.
+pub fn warnings(note: &Note) -> Vec<String> {
+    let Ok(Split {
+        yaml: Some(yaml), ..
+    }) = split_frontmatter(&note.content)
+    else {
+        return Vec::new();
+    };
+    let Ok(front) = parse_frontmatter(yaml) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = unknown_keys(&front)
+        .into_iter()
+        .map(|(key, near)| match near {
+            Some(near) => format!("unknown key {key:?} (did you mean {near}?)"),
+            None => format!("unknown key {key:?} (ignored)"),
+        })
+        .collect();
+    if front.get("permission_mode").and_then(Value::as_str) == Some("bypassPermissions") {
+        out.push("permission_mode bypassPermissions: allowed_tools is not enforced".to_string());
+    }
+    out
+}
+
+/// Levenshtein distance, for typo hints on short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(cur)
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Field lookup with the frontmatter first and the vault metadata second.
@@ -791,7 +939,7 @@ mod tests {
         ] {
             let job = Job::from_note(
                 &note(&format!(
-                    "---\nschedule: daily\nmodel: m\nallowed_tools: Read\ntimeout: {text}\n---\n"
+                    "---\nschedule: daily\nmodel: m\nallowed_tools: Read\ntimeout: {text}\n---\nbody"
                 )),
                 &utc(),
             )
@@ -814,7 +962,7 @@ mod tests {
             ),
         ] {
             let err = problems(&format!(
-                "---\nschedule: daily\nmodel: m\nallowed_tools: Read\ntimeout: {text}\n---\n"
+                "---\nschedule: daily\nmodel: m\nallowed_tools: Read\ntimeout: {text}\n---\nbody"
             ));
             assert!(err.contains(want), "{text}: {err}");
         }
@@ -824,7 +972,7 @@ mod tests {
     fn all_problems_in_one_message() {
         assert_eq!(
             problems(
-                "---\nschedule: every day\nallowed_tools: []\ndisabled: maybe\ntimezone: Mars/Olympus\n---\n"
+                "---\nschedule: every day\nallowed_tools: []\ndisabled: maybe\ntimezone: Mars/Olympus\n---\nbody"
             ),
             "invalid job at jobs/brief: schedule: expected 5-field cron or one of hourly, daily, weekly, manual (got \"every day\"); model: required; allowed_tools: must name at least one tool; disabled: expected true or false (got \"maybe\"); timezone: unknown time zone \"Mars/Olympus\""
         );
@@ -832,7 +980,7 @@ mod tests {
             problems("no frontmatter"),
             "invalid job at jobs/brief: schedule: required; model: required; allowed_tools: required"
         );
-        assert!(problems("---\nschedule: 5\nmodel: [a]\nallowed_tools: [1]\noutput_tags: 3\n---\n").contains(
+        assert!(problems("---\nschedule: 5\nmodel: [a]\nallowed_tools: [1]\noutput_tags: 3\n---\nbody").contains(
             "schedule: expected a string (got 5); model: expected a string (got a list); allowed_tools: expected a list of tool names (got 1 in the list); output_tags: expected a list of strings or one string (got 3)"
         ));
     }
@@ -916,6 +1064,37 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_warn_and_typos_get_a_hint() {
+        let err =
+            problems("---\nschedul: daily\nmodel: m\nallowed_tools: Read\ntitle: t\n---\nbody");
+        assert_eq!(
+            err,
+            "invalid job at jobs/brief: schedule: required (is `schedul` a typo of it?)"
+        );
+        let n = note(
+            "---\nschedule: daily\nmodel: m\nallowed_tools: Read\ntimout: 5\ncolour: red\ntitle: t\npermission_mode: bypassPermissions\n---\nbody",
+        );
+        assert_eq!(
+            warnings(&n),
+            [
+                "unknown key \"colour\" (ignored)",
+                "unknown key \"timout\" (did you mean timeout?)",
+                "permission_mode bypassPermissions: allowed_tools is not enforced"
+            ]
+        );
+        assert_eq!(edit_distance("schedul", "schedule"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn an_empty_prompt_is_a_problem() {
+        assert_eq!(
+            problems("---\nschedule: daily\nmodel: m\nallowed_tools: Read\n---\n \n"),
+            "invalid job at jobs/brief: prompt: empty (the body after the frontmatter is what the agent is asked)"
+        );
+    }
+
+    #[test]
     fn aliases_cannot_blow_up() {
         let mut yaml = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x]\n");
         for i in 1..9 {
@@ -987,6 +1166,15 @@ mod tests {
             ["job"]
         );
         assert!(frontmatter_tags("---\ntags: [\n---\n").is_empty());
+        // Broken YAML elsewhere: the tags line still says it.
+        assert_eq!(
+            frontmatter_tags("---\ntags: [job]\nschedule: */5 * * * *\n---\n"),
+            ["job"]
+        );
+        assert_eq!(
+            frontmatter_tags("---\nschedule: */5 * * * *\ntags:\n  - job\n  - x\n---\n"),
+            ["job", "x"]
+        );
         assert!(frontmatter_tags("tags: job").is_empty());
     }
 }

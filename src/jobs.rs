@@ -8,11 +8,13 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use crate::cli::JobsArgs;
+use crate::cli::PauseArgs;
 use crate::config::Env;
 use crate::due::Plan;
 use crate::error::Error;
-use crate::job::Job;
-use crate::state::{LastRun, State};
+use crate::inspect::check_note;
+use crate::instant::in_zone;
+use crate::state::{LastRun, Paused, State};
 use crate::tools::PermissionMode;
 use crate::{EXIT_JOB_FAILED, EXIT_OK, once, print};
 
@@ -29,6 +31,8 @@ pub struct Row {
     pub running: bool,
     /// Said next to the row (e.g. tools not enforced).
     pub warnings: Vec<String>,
+    /// Paused by hand (SPEC §7.5).
+    pub paused: Option<Paused>,
 }
 
 impl Row {
@@ -49,6 +53,7 @@ impl Row {
             last: entry.and_then(|e| e.last_run.clone()),
             running: entry.is_some_and(|e| e.running.is_some()),
             warnings: Vec::new(),
+            paused: state.paused.get(path).cloned(),
         }
     }
 
@@ -71,6 +76,7 @@ impl Row {
             "lastRunAt": self.last.as_ref().map(|l| format!("{:.3}", l.started_at)),
             "lastRunStatus": self.status(),
             "lastRunId": self.last.as_ref().map(|l| l.run_id.clone()),
+            "paused": self.paused.is_some(),
         })
     }
 
@@ -90,6 +96,9 @@ impl Row {
                 "last_run_id": last_run_id,
                 "problems": Value::Null,
                 "warnings": self.warnings,
+                "paused": self.paused.as_ref().map(|p| json!({"by": p.by, "at": format!("{:.0}", p.at)})),
+                "next_local": self.next.map(|t| in_zone(t, &plan.zone.tz)),
+                "last_run_local": self.last.as_ref().map(|l| in_zone(l.started_at, &plan.zone.tz)),
             }),
             Err(problems) => json!({
                 "path": self.path, "schedule": null, "timezone": null, "disabled": null, "next": null,
@@ -113,12 +122,13 @@ pub fn jobs(args: &JobsArgs, env: &Env) -> Result<u8, Error> {
         .notes
         .iter()
         .map(|note| {
-            let job = Job::from_note(note, &config.timezone);
-            let bypass = job.as_ref().is_ok_and(|j| {
-                j.agent.permission_mode.unwrap_or(config.permission_mode)
-                    == PermissionMode::BypassPermissions
+            let found = check_note(note, note.path_or_id(), &config.timezone, now);
+            let bypass = found.job.as_ref().is_ok_and(|j| {
+                j.agent.permission_mode.is_none()
+                    && config.permission_mode == PermissionMode::BypassPermissions
             });
-            let plan = job
+            let plan = found
+                .job
                 .map(|job| Plan::from(&job))
                 .map_err(|e| e.problems.join("; "));
             invalid += usize::from(plan.is_err());
@@ -127,9 +137,10 @@ pub fn jobs(args: &JobsArgs, env: &Env) -> Result<u8, Error> {
                 _ => None,
             };
             let mut row = Row::new(note.path_or_id(), plan, next, &state, config.disabled);
+            row.warnings = found.warnings;
             if bypass {
                 row.warnings.push(
-                    "permission_mode bypassPermissions: allowed_tools is not enforced".to_string(),
+                    "permission_mode bypassPermissions (the config's default): allowed_tools is not enforced".to_string(),
                 );
             }
             row
@@ -168,13 +179,19 @@ fn table(rows: &[Value]) -> String {
             "path",
             "schedule",
             "timezone",
-            "next",
-            "last_run_at",
+            "next_local",
+            "last_run_local",
             "last_status",
             "problems",
         ][i];
+        if i == 3 && !row["paused"].is_null() {
+            return "paused".to_string();
+        }
         match &row[key] {
             Value::String(s) => s.clone(),
+            Value::Null if i == 4 && row["last_run_at"].is_string() => {
+                row["last_run_at"].as_str().unwrap_or("-").to_string()
+            }
             Value::Null if i == 3 && row["disabled"] == true => "disabled".to_string(),
             Value::Null if i == 3 && row["problems"].is_null() => "never".to_string(),
             Value::Null if i == 6 => match row["warnings"].as_array() {
@@ -221,4 +238,33 @@ fn table(rows: &[Value]) -> String {
         line(c);
     }
     out
+}
+
+/// `pause` and `resume` (SPEC §7.5): by hand, without editing the note.
+pub fn pause(args: &PauseArgs, env: &Env) -> Result<u8, Error> {
+    let (_, rt) = once::setup(&args.common, env)?;
+    for path in &args.jobs {
+        let note = rt.vault.get_note(path)?;
+        let is_job = note
+            .as_ref()
+            .is_some_and(|n| n.tags.iter().any(|t| t == crate::vault::JOB_TAG) && !n.is_output());
+        if !is_job {
+            return Err(Error::Fatal(format!(
+                "no job at {path} in {} (see parachute-runner jobs)",
+                rt.vault.describe()
+            )));
+        }
+    }
+    let paused = (!args.resume).then(|| Paused {
+        by: env.get("USER").unwrap_or("cli").to_string(),
+        at: rt.clock.now(),
+    });
+    rt.store.set_paused(&args.jobs, paused)?;
+    let verb = if args.resume { "resumed" } else { "paused" };
+    let mut out = String::new();
+    for path in &args.jobs {
+        let _ = writeln!(out, "{verb}: {path}");
+    }
+    print(&out)?;
+    Ok(EXIT_OK)
 }

@@ -184,8 +184,10 @@ impl Meta {
 /// What the judgement needs to know besides the outcome.
 #[derive(Clone, Debug, Default)]
 pub struct Context<'a> {
-    /// The program, for "could not start".
+    /// The program, for "could not start", and the PATH it was looked up
+    /// on.
     pub bin: &'a str,
+    pub path: &'a str,
     pub timeout: Duration,
     /// The vault's MCP server the agent must have connected (`None`: a
     /// folder vault, which hands over no server).
@@ -235,12 +237,15 @@ pub fn judge(outcome: &mut Outcome, cx: &Context<'_>) -> (Ending, Meta) {
         })
     };
     if let Some(e) = &outcome.spawn_error {
-        let ending = fail(
-            &mut meta,
-            format!("could not start {}: {e}", cx.bin),
-            Cause::Spawn,
-            Some(127),
-        );
+        let error = if !cx.bin.contains('/') && e.contains("os error 2") {
+            format!(
+                "could not start {}: not found on PATH ({}); install it, or set claude_bin in config.json or PARACHUTE_RUNNER_CLAUDE_BIN to its full path",
+                cx.bin, cx.path
+            )
+        } else {
+            format!("could not start {}: {e}", cx.bin)
+        };
+        let ending = fail(&mut meta, error, Cause::Spawn, Some(127));
         return (ending, meta);
     }
     match &outcome.stopped {

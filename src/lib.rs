@@ -24,6 +24,7 @@ mod clock;
 mod config;
 mod contain;
 mod deliver;
+mod doctor;
 mod due;
 mod engine;
 mod error;
@@ -46,6 +47,7 @@ mod recorder;
 mod recover;
 mod registration;
 mod run;
+mod runs;
 mod schedule;
 mod secrets;
 mod serve;
@@ -63,7 +65,7 @@ pub mod testing {
     pub use crate::schedule::Schedule;
     pub use crate::secrets::{Secret, SecretStore};
     pub use crate::vault::dir::DirVault;
-    pub use crate::vault::{Created, NewNote, Vault};
+    pub use crate::vault::{Created, NewNote, RunFilter, Vault};
 }
 
 use std::ffi::OsString;
@@ -118,11 +120,19 @@ where
 pub fn run(cmd: Command, env: &Env) -> Result<u8, Error> {
     match cmd {
         Command::Help => print(cli::HELP),
+        Command::VerbHelp(text) => print(text),
+        Command::Usage => {
+            let _ = std::io::stderr().write_all(cli::USAGE.as_bytes());
+            Ok(EXIT_FATAL)
+        }
         Command::Version => print(&format!("parachute-runner {}\n", env!("CARGO_PKG_VERSION"))),
         Command::Next(args) => inspect::next(&args, env),
         Command::Validate(args) => inspect::validate(&args, env),
         Command::Once(args) => once::run(&args, env),
         Command::Jobs(args) => jobs::jobs(&args, env),
+        Command::Runs(args) => runs::runs(&args, env),
+        Command::Pause(args) => jobs::pause(&args, env),
+        Command::Doctor(args) => doctor::doctor(&args, env),
         Command::Serve(args) => serve::run(&args, env),
     }
 }

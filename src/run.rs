@@ -77,6 +77,40 @@ pub struct Report {
     pub meta: Meta,
 }
 
+impl Report {
+    /// The run as one line, as `once` prints it and `serve` logs it:
+    /// `ok: jobs/x -> <where> (schedule, 1.2s)`, or the failure and why.
+    pub fn line(&self, vault: &dyn crate::vault::Vault) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "{}: {}",
+            if self.ok { "ok" } else { "failed" },
+            self.job_path
+        );
+        if let Some(e) = &self.error {
+            let _ = write!(s, ": {e}");
+        }
+        match (&self.written_to, &self.queued_because) {
+            (Some(path), _) => {
+                let _ = write!(s, " -> {}", vault.locate(path));
+            }
+            (None, Some(why)) => {
+                let _ = write!(s, " -> queued in the outbox ({why})");
+            }
+            (None, None) => {}
+        }
+        let _ = write!(
+            s,
+            " ({}, {:.1}s)",
+            self.trigger,
+            self.duration.as_secs_f64()
+        );
+        s
+    }
+}
+
 /// What a driver learns of a run while it goes on, and how it waits
 /// between attempts.
 pub trait Hooks {
@@ -320,7 +354,8 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
         Delivery::Delivered(path) => report.written_to = Some(path),
         Delivery::Busy => report.written_to = Some(report.output_path.clone()),
         Delivery::Failed(e) => {
-            log::warn!(
+            // The report line says it (once prints it, serve logs it).
+            log::debug!(
                 "{}: output of run {} queued in the outbox: {e}",
                 job.path,
                 info.run_id
@@ -406,8 +441,14 @@ fn run_attempts(
         max_budget_usd,
         fallback_model: &a.fallback_model,
     });
+    let search = rt
+        .child_env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(agent::DEFAULT_PATH, |(_, v)| v.as_str());
     let cx = judge::Context {
         bin: &rt.claude_bin,
+        path: search,
         timeout: job.timeout,
         mcp_server: setup.mcp_server.as_deref(),
         max_turns: a.max_turns,

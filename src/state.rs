@@ -21,6 +21,8 @@ use crate::os;
 
 pub const STATE_FILE: &str = "state.json";
 pub const LOCKS_DIR: &str = "locks";
+/// When the last scheduled pass happened.
+pub const LAST_PASS_FILE: &str = "last-pass";
 const VERSION: u32 = 1;
 /// The largest state.json read: some hundred bytes per job.
 const MAX_STATE: u64 = 64 << 20;
@@ -35,6 +37,17 @@ pub struct State {
     /// again every pass.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub invalid: BTreeMap<String, Rejected>,
+    /// Jobs paused by hand (SPEC §7.5), by path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paused: BTreeMap<String, Paused>,
+}
+
+/// Who paused a job, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paused {
+    pub by: String,
+    #[serde(with = "instant")]
+    pub at: Timestamp,
 }
 
 /// What a pass remembers of an invalid note.
@@ -321,6 +334,36 @@ impl Store {
                 })
             }
         }
+    }
+
+    /// Pauses (`Some`) or resumes (`None`) jobs.
+    pub fn set_paused(&self, paths: &[String], paused: Option<Paused>) -> Result<(), StateError> {
+        let mut locked = self.lock()?;
+        for path in paths {
+            match &paused {
+                Some(p) => {
+                    locked.state.paused.insert(path.clone(), p.clone());
+                }
+                None => {
+                    locked.state.paused.remove(path);
+                }
+            }
+        }
+        locked.commit()
+    }
+
+    /// Notes that a scheduled pass happened at `now` (for `doctor`: is cron
+    /// running us?). A small file of its own, so a pass that changes
+    /// nothing does not rewrite state.json.
+    pub fn record_pass(&self, now: Timestamp) {
+        let path = self.dir.join(LAST_PASS_FILE);
+        let _ = files::write_ephemeral(&path, format!("{now}\n").as_bytes());
+    }
+
+    /// When the last scheduled pass happened, if one is recorded.
+    pub fn last_pass(&self) -> Option<Timestamp> {
+        let bytes = files::read_capped(&self.dir.join(LAST_PASS_FILE), 1 << 10).ok()?;
+        std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
     }
 
     /// Tries the lock of one job. `Ok(None)` if another run holds it.

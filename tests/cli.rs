@@ -40,16 +40,35 @@ fn help_documents_every_verb_flag_variable_and_exit_code() {
     ] {
         assert!(out.contains(want), "--help lacks {want}");
     }
-    // No arguments and `help` print the same.
-    assert_eq!(Runner::new().run().success().stdout(), out);
-    assert_eq!(
-        Runner::new()
-            .args(["once", "--help"])
+    assert_eq!(Runner::new().args(["help"]).run().success().stdout(), out);
+    // No verb: the usage on stderr, exit 2.
+    let ran = Runner::new().run().status(2).stdout_empty();
+    assert!(
+        ran.stderr()
+            .starts_with("usage: parachute-runner <command>"),
+        "{}",
+        ran.stderr()
+    );
+    // Each verb has its own help.
+    for (verb, first) in [
+        ("once", "parachute-runner once "),
+        ("serve", "parachute-runner serve "),
+        ("jobs", "parachute-runner jobs "),
+        ("runs", "parachute-runner runs "),
+        ("pause", "parachute-runner pause "),
+        ("resume", "parachute-runner pause "),
+        ("doctor", "parachute-runner doctor "),
+        ("validate", "parachute-runner validate "),
+        ("next", "parachute-runner next "),
+    ] {
+        let help = Runner::new()
+            .args([verb, "--help"])
             .run()
             .success()
-            .stdout(),
-        out
-    );
+            .stdout();
+        assert!(help.starts_with(first), "{verb}: {help}");
+        assert_ne!(help, out);
+    }
 }
 
 #[test]
@@ -96,8 +115,22 @@ fn next_defaults_to_five_from_now_in_the_given_zone() {
         .run()
         .success()
         .stdout_is(
-            "2026-03-08T05:00:00Z\n2026-03-09T04:00:00Z\n2026-03-10T04:00:00Z\n2026-03-11T04:00:00Z\n2026-03-12T04:00:00Z\n",
+            "2026-03-08T00:00:00-05:00\n2026-03-09T00:00:00-04:00\n2026-03-10T00:00:00-04:00\n2026-03-11T00:00:00-04:00\n2026-03-12T00:00:00-04:00\n",
         );
+    Runner::new()
+        .env("PARACHUTE_RUNNER_NOW", "2026-03-07T12:00:00Z")
+        .args([
+            "next",
+            "daily",
+            "--tz",
+            "America/New_York",
+            "--utc",
+            "-n",
+            "2",
+        ])
+        .run()
+        .success()
+        .stdout_is("2026-03-08T05:00:00Z\n2026-03-09T04:00:00Z\n");
     // The zone falls back to PARACHUTE_RUNNER_TIMEZONE, then TZ.
     Runner::new()
         .env("PARACHUTE_RUNNER_TIMEZONE", "Asia/Kolkata")
@@ -108,6 +141,7 @@ fn next_defaults_to_five_from_now_in_the_given_zone() {
             "2026-01-01T00:00:00Z",
             "-n",
             "1",
+            "--utc",
         ])
         .run()
         .success()
@@ -124,7 +158,7 @@ fn next_defaults_to_five_from_now_in_the_given_zone() {
         ])
         .run()
         .success()
-        .stdout_is("2026-06-30T23:00:00Z\n2026-07-31T23:00:00Z\n");
+        .stdout_is("2026-07-01T00:00:00+01:00\n2026-08-01T00:00:00+01:00\n");
     Runner::new()
         .args(["next", "manual"])
         .run()
@@ -149,10 +183,10 @@ fn next_works_without_any_tz_data_or_home() {
         ])
         .run()
         .success()
-        .stdout_is("2026-01-01T17:00:00Z\n");
+        .stdout_is("2026-01-02T06:00:00+13:00\n");
 }
 
-const GOOD: &str = "---\nschedule: \"0 8 * * *\"\nmodel: claude-sonnet-4-5\nallowed_tools: [Read, Grep]\ntimezone: Europe/Paris\n---\nSummarise yesterday ({{yesterday}}).\n";
+const GOOD: &str = "---\ntags: [job]\nschedule: \"0 8 * * *\"\nmodel: claude-sonnet-4-5\nallowed_tools: [Read, Grep]\ntimezone: Europe/Paris\n---\nSummarise yesterday ({{yesterday}}).\n";
 
 #[test]
 fn validate_good_file_prints_next_three_fires() {
@@ -165,7 +199,7 @@ fn validate_good_file_prints_next_three_fires() {
         .run()
         .success()
         .stdout_is(&format!(
-            "ok: {}: schedule \"0 8 * * *\" in Europe/Paris; next 2026-11-24T07:00:00Z, 2026-11-25T07:00:00Z, 2026-11-26T07:00:00Z\n",
+            "ok: {}: schedule \"0 8 * * *\" in Europe/Paris; next 2026-11-24T08:00:00+01:00, 2026-11-25T08:00:00+01:00, 2026-11-26T08:00:00+01:00\n",
             file.display()
         ));
 }
@@ -194,8 +228,17 @@ fn validate_reports_every_problem_and_exits_1() {
         .run()
         .status(1);
     let out = ran.stdout();
-    let lines: Vec<&str> = out.lines().collect();
+    // Files not tagged job are warned about (a folder vault would skip
+    // them); the findings are the other lines.
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("warning: "))
+        .collect();
     assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        out.contains(&format!("warning: {}: not tagged job", bad.display())),
+        "{out}"
+    );
     assert!(lines[0].starts_with("ok: "), "{out}");
     assert_eq!(
         lines[1],

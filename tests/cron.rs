@@ -83,7 +83,7 @@ fn every_fixture_vector_through_the_binary() {
             .map(|x| format!("{}\n", x.as_str().unwrap()))
             .collect();
         Runner::new()
-            .args(["next", expr, "--tz", tz, "--from", from, "-n", "5"])
+            .args(["next", expr, "--tz", tz, "--from", from, "-n", "5", "--utc"])
             .run()
             .success()
             .stdout_is(&want);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
 use parachute_runner::testing::DirVault;
-use parachute_runner::testing::{Created, NewNote, Vault};
+use parachute_runner::testing::{Created, NewNote, RunFilter, Vault};
 use parachute_runner::testing::{parse_frontmatter, split_frontmatter};
 use serde_json::{Map, Value, json};
 
@@ -123,18 +123,31 @@ fn discovery_follows_the_rules() {
         "notes/broken.md",
         "---\ntags: [job]\nschedule: [\n---\n",
     );
-    let doc = f.runner("jobs").args(["--json"]).run().success().json();
+    let doc = f.runner("jobs").args(["--json"]).run().status(1).json();
     let paths: Vec<&str> = doc["jobs"]
         .as_array()
         .unwrap()
         .iter()
         .map(|j| j["path"].as_str().unwrap())
         .collect();
-    // The broken file's tags cannot be read (its YAML is broken), so it is
-    // no job: only the four.
+    // The broken file says it is a job on its tags line, so it is listed
+    // with its problem (exit 1) rather than silently left out.
     assert_eq!(
         paths,
-        ["deep/er/string", "jobs/hash", "jobs/hash-list", "jobs/list"],
+        [
+            "deep/er/string",
+            "jobs/hash",
+            "jobs/hash-list",
+            "jobs/list",
+            "notes/broken"
+        ],
+        "{doc}"
+    );
+    assert!(
+        doc["jobs"][4]["problems"]
+            .as_str()
+            .unwrap()
+            .contains("YAML error"),
         "{doc}"
     );
     write(
@@ -210,7 +223,7 @@ fn a_run_writes_a_note_file_that_reads_back_as_a_note() {
     assert_eq!(Path::new(&call.cwd), f.notes().canonicalize().unwrap());
     // Read back through the vault, it is a run, not a job.
     let vault = DirVault::new(f.notes());
-    let runs = vault.list_runs(None, 10).unwrap();
+    let runs = vault.list_runs(&RunFilter::default(), 10).unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].run_id(), Some(run_id));
     assert!(

@@ -228,7 +228,7 @@ fn read_routes() {
     assert_eq!(status, 200, "{jobs}");
     assert_eq!(
         jobs,
-        json!({"jobs": [{"jobPath": "jobs/daily/brief", "schedule": "manual", "nextRunAt": null, "disabled": false, "lastRunAt": null, "lastRunStatus": null, "lastRunId": null}]})
+        json!({"jobs": [{"jobPath": "jobs/daily/brief", "schedule": "manual", "nextRunAt": null, "disabled": false, "lastRunAt": null, "lastRunStatus": null, "lastRunId": null, "paused": false}]})
     );
     let (status, runs) = s.get(
         "/runner/runs?limit=5&since=2000-01-01T00:00:00Z",

@@ -134,6 +134,9 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     pub vault_dir: Option<PathBuf>,
     pub poll_interval: Option<u64>,
+    /// Change nothing on disk (`--dry-run`, `doctor`): a plaintext token
+    /// is used where it is, not moved into secrets.json.
+    pub read_only: bool,
 }
 
 #[derive(Debug)]
@@ -266,7 +269,9 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
     let cgroups = env::cgroups(env).map_err(ConfigError::environment)?;
     // The file's token, not the environment's: that one is never written
     // anywhere.
-    if let (Some(token), Some(doc)) = (&file_token, &file_doc) {
+    if let (Some(token), Some(doc)) = (&file_token, &file_doc)
+        && !overrides.read_only
+    {
         migrate_token(&paths, doc, token)?;
     }
     if let Some(dir) = &overrides.vault_dir {

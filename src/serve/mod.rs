@@ -97,6 +97,7 @@ pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
         config: args.common.config.clone(),
         vault_dir: args.common.vault_dir.clone(),
         poll_interval: args.poll_interval,
+        read_only: false,
     };
     let config = config::load(env, &overrides)?;
     os::raise_fd_limit();
@@ -327,9 +328,14 @@ impl Daemon {
             }
         };
         self.metrics.poll(true);
-        log::debug!(
-            "poll: {} jobs, next in {}s",
+        log::info!(
+            "poll: {} job(s){}, next in {}s",
             listing.notes.len(),
+            if listing.skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" and {} skipped", listing.skipped.len())
+            },
             interval.as_secs()
         );
         self.shared().last_poll = Some((now, true));

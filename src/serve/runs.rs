@@ -71,17 +71,12 @@ impl Daemon {
         } else {
             run::abandon(rt, claimed, SHUTTING_DOWN)
         };
-        log::info!(
-            "{}: {} ({}){}",
-            report.job_path,
-            if report.ok { "ok" } else { "failed" },
-            report.trigger,
-            report
-                .error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        );
+        let line = report.line(rt.vault.as_ref());
+        if report.ok {
+            log::info!("{line}");
+        } else {
+            log::warn!("{line}");
+        }
         self.metrics.run_finished(&report);
         {
             let mut live = self.live();

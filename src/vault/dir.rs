@@ -15,7 +15,8 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use super::{
-    AgentSetup, Created, Listing, MAX_NOTE, NewNote, Newest, Note, Vault, VaultError, normalize,
+    AgentSetup, Created, Listing, MAX_NOTE, NewNote, Newest, Note, RunFilter, Vault, VaultError,
+    normalize,
 };
 use crate::files;
 use crate::job;
@@ -241,8 +242,8 @@ impl Vault for DirVault {
         }
     }
 
-    fn list_runs(&self, since: Option<Timestamp>, limit: usize) -> Result<Vec<Note>, VaultError> {
-        let mut runs = Newest::new(since, limit);
+    fn list_runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Note>, VaultError> {
+        let mut runs = Newest::new(filter, limit);
         self.walk(false, &mut |id, file| {
             let Some(head) = read_head(file) else { return };
             if !job::frontmatter_tags(&head)

@@ -72,6 +72,27 @@ impl Note {
         self.metadata.as_ref()?.get("run_id")?.as_str()
     }
 
+    /// When the run of an output note started: `run_started_at`, else the
+    /// note's `createdAt`.
+    pub fn started(&self) -> Timestamp {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.get("run_started_at"))
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| self.created())
+    }
+
+    /// Whether an output note says its run failed.
+    pub fn is_failed_run(&self) -> bool {
+        self.tags.iter().any(|t| t == crate::job::FAILED_TAG)
+            || self.path_or_id().ends_with(".failed")
+            || self
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.get("run_error").is_some())
+    }
+
     /// `createdAt` as an instant (the epoch when absent or unreadable).
     pub fn created(&self) -> Timestamp {
         self.created_at
@@ -121,7 +142,12 @@ pub struct AgentSetup {
 #[derive(Debug)]
 pub enum VaultError {
     /// No answer: refused, timed out, DNS, TLS, connection dropped.
-    Unreachable { what: String, detail: String },
+    Unreachable {
+        what: String,
+        /// The vault, as `describe` names it.
+        url: String,
+        detail: String,
+    },
     /// An HTTP error status with the vault's message.
     Status {
         what: String,
@@ -150,8 +176,8 @@ impl VaultError {
 impl fmt::Display for VaultError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            VaultError::Unreachable { what, detail } => {
-                write!(f, "{what}: vault unreachable: {detail}")
+            VaultError::Unreachable { what, url, detail } => {
+                write!(f, "{what}: vault unreachable at {url}: {detail}")
             }
             VaultError::Status {
                 what,
@@ -182,9 +208,9 @@ pub trait Vault: Send + Sync {
     fn get_note(&self, path: &str) -> Result<Option<Note>, VaultError>;
     /// Creates a note; never overwrites.
     fn create_note(&self, note: &NewNote) -> Result<Created, VaultError>;
-    /// Output notes (tagged `job-run`) created at or after `since`, newest
-    /// first, at most `limit`.
-    fn list_runs(&self, since: Option<Timestamp>, limit: usize) -> Result<Vec<Note>, VaultError>;
+    /// Output notes (tagged `job-run`) that `filter` keeps, newest first,
+    /// at most `limit`.
+    fn list_runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Note>, VaultError>;
     /// How the agent reaches this vault.
     fn agent_setup(&self) -> AgentSetup;
     /// For logs: the URL or folder, never a credential.
@@ -230,25 +256,51 @@ pub fn open(config: &Config, timeouts: Timeouts) -> Result<Arc<dyn Vault>, Strin
     }
 }
 
-/// Collects the newest `limit` run notes created at or after `since` from a
-/// stream of any length, in bounded memory (for `list_runs`).
-pub(crate) struct Newest {
-    since: Option<Timestamp>,
+/// Which run notes a listing wants.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    /// Runs started (`run_started_at`, else the note's `createdAt`) at or
+    /// after this.
+    pub since: Option<Timestamp>,
+    /// Only this job's runs (`parent_job_path`).
+    pub job: Option<String>,
+    /// Only failed runs.
+    pub failed: bool,
+}
+
+impl RunFilter {
+    fn keeps(&self, note: &Note) -> bool {
+        self.since.is_none_or(|s| note.started() >= s)
+            && self.job.as_deref().is_none_or(|job| {
+                note.metadata
+                    .as_ref()
+                    .and_then(|m| m.get("parent_job_path"))
+                    .and_then(Value::as_str)
+                    == Some(job)
+            })
+            && (!self.failed || note.is_failed_run())
+    }
+}
+
+/// Collects the newest `limit` run notes a filter keeps from a stream of
+/// any length, in bounded memory (for `list_runs`).
+pub(crate) struct Newest<'a> {
+    filter: &'a RunFilter,
     limit: usize,
     notes: Vec<Note>,
 }
 
-impl Newest {
-    pub(crate) fn new(since: Option<Timestamp>, limit: usize) -> Newest {
+impl<'a> Newest<'a> {
+    pub(crate) fn new(filter: &'a RunFilter, limit: usize) -> Newest<'a> {
         Newest {
-            since,
+            filter,
             limit,
             notes: Vec::new(),
         }
     }
 
     pub(crate) fn offer(&mut self, note: Note) {
-        if self.since.is_none_or(|s| note.created() >= s) {
+        if self.filter.keeps(&note) {
             self.notes.push(note);
             if self.notes.len() >= 2 * self.limit.max(1) {
                 self.trim();
@@ -258,7 +310,7 @@ impl Newest {
 
     fn trim(&mut self) {
         self.notes
-            .sort_by(|a, b| b.created().cmp(&a.created()).then_with(|| b.id.cmp(&a.id)));
+            .sort_by(|a, b| b.started().cmp(&a.started()).then_with(|| b.id.cmp(&a.id)));
         self.notes.truncate(self.limit);
     }
 

@@ -6,11 +6,11 @@
 //! ever put in the Authorization header: never in a URL, a log line or an
 //! error.
 
-use jiff::Timestamp;
 use serde_json::Value;
 
 use super::{
-    AgentSetup, Created, Listing, MAX_NOTE, NewNote, Newest, Note, Timeouts, Vault, VaultError,
+    AgentSetup, Created, Listing, MAX_NOTE, NewNote, Newest, Note, RunFilter, Timeouts, Vault,
+    VaultError,
 };
 use crate::secrets::{Secret, scrub};
 
@@ -83,8 +83,8 @@ impl RestVault {
             .header("Authorization", self.auth())
             .header("Accept", "application/json")
             .call()
-            .map_err(|e| unreachable(what, &e))?;
-        let (status, body) = read_body(what, response)?;
+            .map_err(|e| unreachable(what, &self.vault_url, &e))?;
+        let (status, body) = read_body(what, &self.vault_url, response)?;
         if status == 404 && missing_ok {
             return Ok(None);
         }
@@ -233,7 +233,7 @@ impl Vault for RestVault {
             .header("Authorization", self.auth())
             .content_type("application/json")
             .send(&body[..])
-            .map_err(|e| unreachable(&what, &e))?;
+            .map_err(|e| unreachable(&what, &self.vault_url, &e))?;
         let mut response = response;
         let status = response.status().as_u16();
         match status {
@@ -253,6 +253,7 @@ impl Vault for RestVault {
                     // stored note meets 409 and finds its own run id there.
                     Err(e) => Err(VaultError::Unreachable {
                         what,
+                        url: self.vault_url.clone(),
                         detail: format!("the answer to the write was unreadable ({e})"),
                     }),
                 }
@@ -270,8 +271,8 @@ impl Vault for RestVault {
         }
     }
 
-    fn list_runs(&self, since: Option<Timestamp>, limit: usize) -> Result<Vec<Note>, VaultError> {
-        let mut runs = Newest::new(since, limit);
+    fn list_runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Note>, VaultError> {
+        let mut runs = Newest::new(filter, limit);
         self.page_tagged(
             crate::job::RUN_TAG,
             false,
@@ -324,6 +325,7 @@ pub fn mcp_config(vault_url: &str, name: &str, token: &Secret) -> String {
 
 fn read_body(
     what: &str,
+    url: &str,
     mut response: ureq::http::Response<ureq::Body>,
 ) -> Result<(u16, Vec<u8>), VaultError> {
     let status = response.status().as_u16();
@@ -337,7 +339,7 @@ fn read_body(
                 what: what.to_string(),
                 limit: MAX_BODY,
             },
-            other => unreachable(what, &other),
+            other => unreachable(what, url, &other),
         })?;
     Ok((status, body))
 }
@@ -373,7 +375,7 @@ fn status_error(what: &str, status: u16, body: &[u8]) -> VaultError {
 
 /// A transport error, described without the URL (which names the vault but
 /// could one day carry something private) and on one line.
-fn unreachable(what: &str, e: &ureq::Error) -> VaultError {
+fn unreachable(what: &str, url: &str, e: &ureq::Error) -> VaultError {
     let detail = match e {
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
         ureq::Error::Io(io) => io.to_string(),
@@ -384,6 +386,7 @@ fn unreachable(what: &str, e: &ureq::Error) -> VaultError {
     };
     VaultError::Unreachable {
         what: what.to_string(),
+        url: url.to_string(),
         detail: one_line(&scrub(&detail)),
     }
 }
