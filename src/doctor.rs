@@ -13,10 +13,13 @@ use std::time::Duration;
 
 use jiff::SignedDuration;
 
+use crate::alert;
 use crate::cli::Common;
 use crate::config::{self, Config, Env, Overrides, VaultTarget};
+use crate::due::Plan;
 use crate::engine::Runtime;
 use crate::error::Error;
+use crate::health;
 use crate::job::Job;
 use crate::tools::PermissionMode;
 use crate::{EXIT_JOB_FAILED, EXIT_OK, agent, os, print};
@@ -110,6 +113,7 @@ pub fn doctor(common: &Common, env: &Env) -> Result<u8, Error> {
             );
         }
         check_jobs(&mut r, &config, rt);
+        check_notify(&mut r, &config, rt);
         check_last_pass(&mut r, &config, rt);
     }
     print(&r.out)?;
@@ -330,13 +334,35 @@ fn check_jobs(r: &mut Report, config: &Config, rt: &Runtime) {
         return;
     };
     let total = listing.notes.len() + listing.skipped.len();
+    let state = rt.store.read().unwrap_or_default();
+    let now = rt.clock.now();
+    let mut stale = Vec::new();
     let bad: Vec<String> = listing
         .notes
         .iter()
-        .filter_map(|n| Job::from_note(n, &config.timezone).err())
-        .map(|e| e.path)
+        .filter_map(|n| match Job::from_note(n, &config.timezone) {
+            Ok(job) => {
+                let plan = Plan::from(&job);
+                if health::is_stale(&state, &job.path, &plan, now, config.disabled) {
+                    stale.push(job.path);
+                }
+                None
+            }
+            Err(e) => Some(e.path),
+        })
         .chain(listing.skipped.iter().map(|(p, _)| p.clone()))
         .collect();
+    if !stale.is_empty() {
+        r.line(
+            Mark::Fail,
+            "stale jobs",
+            &format!(
+                "{} job(s) without a successful run in two of their periods: {}; see their .failed notes (parachute-runner runs)",
+                stale.len(),
+                stale.join(", ")
+            ),
+        );
+    }
     if total == 0 {
         r.line(
             Mark::Warn,
@@ -357,6 +383,46 @@ fn check_jobs(r: &mut Report, config: &Config, rt: &Runtime) {
                 "{} of {total} job(s) have problems ({}); parachute-runner jobs says what",
                 bad.len(),
                 bad.join(", ")
+            ),
+        );
+    }
+}
+
+fn check_notify(r: &mut Report, config: &Config, rt: &Runtime) {
+    let mut told = Vec::new();
+    if let Some(program) = config.notify.first() {
+        let path = rt
+            .child_env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or(agent::DEFAULT_PATH, |(_, v)| v.as_str());
+        if find_program(program, path).is_none() {
+            r.line(
+                Mark::Fail,
+                "notify",
+                &format!("{program:?} is not an executable file, nor found on PATH ({path}); notices cannot be sent"),
+            );
+            return;
+        }
+        told.push(format!("the program {program:?}"));
+    }
+    if let Some(url) = &config.notify_url {
+        told.push(format!("the webhook {}", alert::endpoint(url)));
+    }
+    if told.is_empty() {
+        r.line(
+            Mark::Ok,
+            "notify",
+            "none set: a failure leaves only its .failed note (set notify or notify_url to be told)",
+        );
+    } else {
+        r.line(
+            Mark::Ok,
+            "notify",
+            &format!(
+                "failures and recoveries go to {} (at most one failure notice per job every {})",
+                told.join(" and "),
+                human(SignedDuration::try_from(config.notify_interval).unwrap_or_default())
             ),
         );
     }

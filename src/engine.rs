@@ -13,14 +13,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
 use jiff::civil::Date;
+use jiff::{SignedDuration, Timestamp};
 
 use crate::agent;
+use crate::alert::{self, Notifier};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::due::{self, Decision, Plan, Policy, Trigger};
 use crate::files;
+use crate::health::Health;
 use crate::job::{Job, JobError};
 use crate::outbox::{Outbox, Swept};
 use crate::recorder::Recorder;
@@ -48,6 +50,8 @@ pub struct Runtime {
     /// What a job that names none of these gets.
     pub defaults: AgentDefaults,
     pub recorder: Arc<Recorder>,
+    /// Where failure and recovery notices go.
+    pub notifier: Notifier,
 }
 
 /// The config's defaults for a job's agent (SPEC §3).
@@ -65,12 +69,20 @@ impl Runtime {
     pub fn open(config: &Config) -> Result<Runtime, String> {
         let vault = vault::open(config, config.http)?;
         crate::contain::init(config.cgroups);
+        let child_env = agent::child_env(&config.env);
+        let notifier = Notifier {
+            argv: config.notify.clone(),
+            url: config.notify_url.clone(),
+            interval: SignedDuration::try_from(config.notify_interval)
+                .unwrap_or(SignedDuration::from_hours(1)),
+            env: alert::notify_env(&child_env),
+        };
         Ok(Runtime {
             vault,
             store: Store::new(&config.paths.runner_dir),
             outbox: Outbox::new(&config.paths.runner_dir),
             claude_bin: resolve_program(&config.claude_bin),
-            child_env: agent::child_env(&config.env),
+            child_env,
             clock: config.clock,
             date_override: None,
             default_zone: config.timezone.clone(),
@@ -82,6 +94,7 @@ impl Runtime {
                 retry_delay: config.retry_delay,
             },
             recorder: Arc::new(Recorder::default()),
+            notifier,
         })
     }
 
@@ -211,6 +224,7 @@ pub fn claim_due(
         }
         locked = rt.store.lock()?;
     }
+    let mut notices = Vec::new();
     if scope == Scope::All {
         let listed: HashSet<&str> = notes
             .iter()
@@ -228,7 +242,12 @@ pub fn claim_due(
             .state
             .invalid
             .retain(|path, _| listed.contains(path.as_str()));
-        recover::recover(rt, &mut locked);
+        let jobs = &locked.state.jobs;
+        locked
+            .state
+            .health
+            .retain(|path, _| listed.contains(path.as_str()) || jobs.contains_key(path));
+        notices = recover::recover(rt, &mut locked);
     }
     let mut pass = Pass {
         claimed: Vec::new(),
@@ -283,6 +302,11 @@ pub fn claim_due(
             },
         };
         locked.state.invalid.remove(path);
+        locked
+            .state
+            .health
+            .entry(path.to_string())
+            .or_insert_with(|| Health::new(now));
         // A paused job is decided as a disabled one (its slots pass).
         let decision = if locked.state.paused.contains_key(path) {
             let mut paused = plan.clone();
@@ -336,6 +360,9 @@ pub fn claim_due(
         // same slots). Dropping the claims releases their job locks.
         pass.claimed.clear();
         return Err(e);
+    }
+    for notice in notices {
+        rt.notifier.send(notice);
     }
     Ok(pass)
 }

@@ -51,7 +51,6 @@ pub struct Job {
     /// How its agent runs; unset fields take the config's defaults.
     pub agent: AgentSettings,
     /// Pinged at start, success and failure (SPEC §11).
-    #[allow(dead_code)] // read by the pings, which come next
     pub ping_url: Option<String>,
 }
 

@@ -12,6 +12,7 @@ use crate::cli::PauseArgs;
 use crate::config::Env;
 use crate::due::Plan;
 use crate::error::Error;
+use crate::health;
 use crate::inspect::check_note;
 use crate::instant::in_zone;
 use crate::state::{LastRun, Paused, State};
@@ -33,6 +34,8 @@ pub struct Row {
     pub warnings: Vec<String>,
     /// Paused by hand (SPEC §7.5).
     pub paused: Option<Paused>,
+    /// No success in two of its periods (SPEC §11).
+    pub stale: bool,
 }
 
 impl Row {
@@ -54,6 +57,7 @@ impl Row {
             running: entry.is_some_and(|e| e.running.is_some()),
             warnings: Vec::new(),
             paused: state.paused.get(path).cloned(),
+            stale: false,
         }
     }
 
@@ -97,6 +101,7 @@ impl Row {
                 "problems": Value::Null,
                 "warnings": self.warnings,
                 "paused": self.paused.as_ref().map(|p| json!({"by": p.by, "at": format!("{:.0}", p.at)})),
+                "stale": self.stale,
                 "next_local": self.next.map(|t| in_zone(t, &plan.zone.tz)),
                 "last_run_local": self.last.as_ref().map(|l| in_zone(l.started_at, &plan.zone.tz)),
             }),
@@ -136,7 +141,11 @@ pub fn jobs(args: &JobsArgs, env: &Env) -> Result<u8, Error> {
                 Ok(p) if !p.disabled && !config.disabled => p.schedule.next_after(now, &p.zone.tz),
                 _ => None,
             };
+            let stale = plan
+                .as_ref()
+                .is_ok_and(|p| health::is_stale(&state, note.path_or_id(), p, now, config.disabled));
             let mut row = Row::new(note.path_or_id(), plan, next, &state, config.disabled);
+            row.stale = stale;
             row.warnings = found.warnings;
             if bypass {
                 row.warnings.push(
@@ -186,6 +195,10 @@ fn table(rows: &[Value]) -> String {
         ][i];
         if i == 3 && !row["paused"].is_null() {
             return "paused".to_string();
+        }
+        if i == 5 && row["stale"] == true {
+            let status = row["last_status"].as_str().unwrap_or("never ran");
+            return format!("{status}, stale");
         }
         match &row[key] {
             Value::String(s) => s.clone(),

@@ -18,7 +18,9 @@
 
 mod admin_api;
 mod agent;
+mod alert;
 mod auth;
+mod background;
 mod cli;
 mod clock;
 mod config;
@@ -31,6 +33,7 @@ mod error;
 mod files;
 #[doc(hidden)]
 pub mod fuzz_targets;
+mod health;
 mod inspect;
 mod instant;
 mod job;

@@ -47,6 +47,8 @@ struct Histogram {
 /// Values known only at scrape time.
 pub struct Gauges {
     pub jobs_loaded: usize,
+    /// Jobs without a success in two of their periods (SPEC §11).
+    pub jobs_stale: usize,
     pub running: usize,
     /// Claimed runs waiting for a permit or for their next attempt.
     pub waiting: usize,
@@ -152,6 +154,12 @@ impl Metrics {
             "parachute_runner_jobs_loaded",
             "Job notes in the current table.",
             g.jobs_loaded.to_string(),
+        );
+        gauge(
+            &mut s,
+            "parachute_runner_jobs_stale",
+            "Jobs without a successful run in two of their periods.",
+            g.jobs_stale.to_string(),
         );
         gauge(
             &mut s,
@@ -301,6 +309,7 @@ mod tests {
         m.poll(true);
         let text = m.render(&Gauges {
             jobs_loaded: 7,
+            jobs_stale: 2,
             running: 1,
             waiting: 3,
             outbox_depth: 2,
@@ -318,6 +327,7 @@ mod tests {
             "parachute_runner_run_duration_seconds_bucket{le=\"+Inf\"} 2",
             "parachute_runner_run_duration_seconds_count 2",
             "parachute_runner_jobs_loaded 7",
+            "parachute_runner_jobs_stale 2",
             "parachute_runner_running_jobs 1",
             "parachute_runner_waiting_runs 3",
             "parachute_runner_outbox_depth 2",

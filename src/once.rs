@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::agent::Canceller;
+use crate::alert;
 use crate::cli::{Common, OnceArgs, Verbosity};
 use crate::config::{self, Config, Env, Overrides};
 use crate::due::{self, Decision, Trigger};
@@ -79,8 +80,13 @@ pub fn run(args: &OnceArgs, env: &Env) -> Result<u8, Error> {
         Some(path) => run_only(&rt, path, &out, &stop)?,
         None => run_scheduled(&rt, config.max_concurrent_jobs, &out, &stop)?,
     };
-    let code = finish(&lines, &out)?;
-    Ok(stop.exit_code().unwrap_or(code))
+    let code = finish(&lines, &out);
+    // Pings and notices of the runs, sent in the background.
+    alert::drain(match stop.reason() {
+        Some(_) => alert::DRAIN_LIMIT_STOPPING,
+        None => alert::DRAIN_LIMIT,
+    });
+    Ok(stop.exit_code().unwrap_or(code?))
 }
 
 /// Where `once`'s lines go, and how many of them.

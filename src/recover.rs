@@ -9,9 +9,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::alert::{self, Message};
 use crate::contain;
 use crate::engine::Runtime;
 use crate::files;
+use crate::health::{Health, Notice};
 use crate::instant::until;
 use crate::judge::{Cause, Ending, Failure, Meta};
 use crate::note::{self, RunInfo};
@@ -25,10 +27,12 @@ use crate::vault::VaultError;
 /// state lock: a `running` entry whose job lock is free. If its note is
 /// already in the outbox the run finished and only the record is missing;
 /// otherwise an `interrupted` failure note is queued. Also removes MCP
-/// config files no live run owns. Returns the settled run ids.
-pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
+/// config files no live run owns. Returns the notices the settled runs
+/// call for, to send once the state is committed.
+pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<Message> {
     let now = rt.clock.now();
-    let mut settled = Vec::new();
+    let mut notices = Vec::new();
+    let health = &mut locked.state.health;
     for (path, entry) in locked.state.jobs.iter_mut() {
         let Some(running) = entry.running.clone() else {
             continue;
@@ -65,6 +69,7 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
                 }
             },
         };
+        let mut interrupted_note = None;
         let status = match (rt.outbox.read(&running.run_id), delivered) {
             (Some(queued), _) => queued.ok,
             (None, Some(ok)) => {
@@ -90,10 +95,7 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
                         running.output_tags.clone()
                     },
                 };
-                let ending = Ending::Failure(Failure::plain(
-                    "interrupted: runner stopped before the run finished",
-                    Cause::Interrupted,
-                ));
+                let ending = Ending::Failure(Failure::plain(INTERRUPTED, Cause::Interrupted));
                 let meta = Meta {
                     exit_code: 130,
                     attempts: 1,
@@ -101,6 +103,7 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
                 };
                 let elapsed = until(running.started_at, now);
                 let note = note::note(&info, ending, &meta, elapsed);
+                interrupted_note = Some(note.content.clone());
                 if let Err(e) = rt.outbox.spool(path, false, &note, now) {
                     log::error!(
                         "{path}: could not queue the interrupted note of run {}: {e}",
@@ -124,15 +127,39 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<String> {
             output_path: running.output_path.clone(),
             trigger: running.trigger,
         });
-        settled.push(running.run_id);
+        let notice = health
+            .entry(path.clone())
+            .or_insert_with(|| Health::new(running.started_at))
+            .outcome(
+                status,
+                running.slot.unwrap_or(running.started_at),
+                now,
+                rt.notifier.interval,
+            );
+        // Only the runs settled as interrupted are news: a run whose note
+        // was queued told its own notice when it ended.
+        if let (Some(Notice::Failed), Some(note)) = (notice, interrupted_note) {
+            notices.push(Message {
+                notice: Notice::Failed,
+                job_path: path.clone(),
+                run_id: running.run_id.clone(),
+                reason: INTERRUPTED.to_string(),
+                output_path: format!("{}.failed", running.output_path),
+                cost_usd: None,
+                note: alert::cut(&note, alert::STDIN_CAP),
+            });
+        }
     }
     remove_stale_run_files(&rt.tmp_dir(), &running_ids(locked));
     // Half-written files of crashed writers. Under the state lock no one is
     // writing state.json; elsewhere only old ones are taken.
     files::sweep_temps(rt.store.dir(), Duration::from_secs(600));
     files::sweep_temps(&rt.store.dir().join(OUTBOX_DIR), Duration::from_secs(600));
-    settled
+    notices
 }
+
+/// The failure of a run whose runner died (SPEC §7.4).
+const INTERRUPTED: &str = "interrupted: runner stopped before the run finished";
 
 /// Stops the agent processes a dead runner left behind, if the recorded
 /// process group is still that agent's (same boot, same start time: a
@@ -248,8 +275,12 @@ fn remove_stale_run_files(tmp: &Path, live: &HashSet<String>) {
 /// pass around it).
 pub fn settle(rt: &Runtime) -> Result<(), StateError> {
     let mut locked = rt.store.lock()?;
-    recover(rt, &mut locked);
-    locked.commit()
+    let notices = recover(rt, &mut locked);
+    locked.commit()?;
+    for notice in notices {
+        rt.notifier.send(notice);
+    }
+    Ok(())
 }
 
 /// The run ids marked running in the state file now; `None` if it cannot

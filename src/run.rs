@@ -14,16 +14,19 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 
 use crate::agent::{self, Canceller};
+use crate::alert::{self, Message, Ping};
 use crate::deliver;
 use crate::due::Trigger;
 use crate::engine::Runtime;
 use crate::files;
+use crate::health::Notice;
 use crate::job::Job;
 use crate::judge::{self, Cause, Ending, Failure, Meta};
 use crate::note::{self, RunInfo};
 use crate::os;
 use crate::outbox::Delivery;
 use crate::random;
+use crate::recorder::{Finished, Recorded};
 use crate::state::{JobState, LastRun, LiveRun, Lock, Locked, Running, StateError, Store};
 use crate::template::{self, Vars};
 use crate::tools;
@@ -266,6 +269,10 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
     } = claimed;
     info.started_at = rt.clock.now();
     let started = Instant::now();
+    let ping = job
+        .ping_url
+        .as_deref()
+        .map(|url| Ping::start(url, &job.path));
     let (ending, meta) = match prompt {
         Err(failure) => {
             let meta = Meta {
@@ -288,7 +295,17 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
             meta.denials.join(", ")
         );
     }
+    let stderr_tail = ending
+        .failure()
+        .map(|f| f.stderr_tail.clone())
+        .unwrap_or_default();
     let note = note::note(&info, ending, &meta, duration);
+    // What a notice hands on, kept only when notices go somewhere.
+    let note_text = if rt.notifier.enabled() {
+        alert::cut(&note.content, alert::STDIN_CAP)
+    } else {
+        String::new()
+    };
     let mut report = Report {
         job_path: job.path.clone(),
         run_id: info.run_id.clone(),
@@ -316,10 +333,10 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
                 job.path,
                 info.run_id
             );
-            match deliver::deliver(rt.vault.as_ref(), &note, None) {
+            let recorded = match deliver::deliver(rt.vault.as_ref(), &note, None) {
                 Ok(path) => {
                     report.written_to = Some(path);
-                    record_outcome(rt, &info, ok, &note.path);
+                    record_outcome(rt, &info, ok, &note.path)
                 }
                 Err(e) => {
                     let lost = format!(
@@ -332,10 +349,11 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
                         Some(first) => format!("{first}; {lost}"),
                         None => lost,
                     });
-                    record_outcome(rt, &info, false, &note.path);
+                    record_outcome(rt, &info, false, &note.path)
                 }
-            }
+            };
             drop(_lock);
+            tell(rt, &report, ping, recorded.notice, &stderr_tail, note_text);
             return report;
         }
     };
@@ -346,24 +364,88 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
     // 3. Delivery, from the outbox entry. Not when the record failed: the
     // next pass must find the note in the outbox to settle the run;
     // delivered now, that pass would take the run for interrupted.
-    if !recorded {
+    if !recorded.written {
         report.queued_because = Some("the run could not be recorded in state.json".to_string());
-        return report;
+    } else {
+        deliver_now(rt, &entry, &mut report);
     }
-    match rt.outbox.deliver_entry(rt.vault.as_ref(), &entry) {
+    tell(rt, &report, ping, recorded.notice, &stderr_tail, note_text);
+    report
+}
+
+/// Delivers a finished run's outbox entry; what happened goes in `report`.
+fn deliver_now(rt: &Runtime, entry: &Path, report: &mut Report) {
+    match rt.outbox.deliver_entry(rt.vault.as_ref(), entry) {
         Delivery::Delivered(path) => report.written_to = Some(path),
         Delivery::Busy => report.written_to = Some(report.output_path.clone()),
         Delivery::Failed(e) => {
             // The report line says it (once prints it, serve logs it).
             log::debug!(
                 "{}: output of run {} queued in the outbox: {e}",
-                job.path,
-                info.run_id
+                report.job_path,
+                report.run_id
             );
             report.queued_because = Some(e.to_string());
         }
     }
-    report
+}
+
+/// Tells the ping endpoint and the notice channels how the run went, in
+/// the background.
+fn tell(
+    rt: &Runtime,
+    report: &Report,
+    ping: Option<Ping>,
+    notice: Option<Notice>,
+    stderr_tail: &str,
+    note: String,
+) {
+    let summary = ping_summary(report);
+    if let Some(ping) = ping {
+        ping.finish(report.ok, &summary, stderr_tail);
+    }
+    let Some(notice) = notice else { return };
+    let reason = match notice {
+        Notice::Failed => report.error.clone().unwrap_or_default(),
+        Notice::Recovered { failures, since } => format!(
+            "after {failures} failed run{} since {since:.0}",
+            if failures == 1 { "" } else { "s" }
+        ),
+    };
+    rt.notifier.send(Message {
+        notice,
+        job_path: report.job_path.clone(),
+        run_id: report.run_id.clone(),
+        reason,
+        output_path: report
+            .written_to
+            .clone()
+            .unwrap_or_else(|| report.output_path.clone()),
+        cost_usd: report.meta.cost_usd,
+        note,
+    });
+}
+
+/// A ping's body: `ok: jobs/x run <id> (schedule, 12.3s, $0.0123)`, or
+/// the failure's reason.
+fn ping_summary(report: &Report) -> String {
+    match (&report.error, report.ok) {
+        (Some(e), false) => e.clone(),
+        _ => {
+            let cost = report
+                .meta
+                .cost_usd
+                .map(|c| format!(", ${c:.4}"))
+                .unwrap_or_default();
+            format!(
+                "ok: {} run {} ({}, {:.1}s{cost})",
+                report.job_path,
+                report.run_id,
+                report.trigger,
+                report.duration.as_secs_f64()
+            )
+        }
+    }
 }
 
 /// Ends a claimed run that never started (serve shutting down while it
@@ -539,9 +621,9 @@ impl Drop for RemoveOnDrop<'_> {
     }
 }
 
-/// Records a finished run in state and clears its `running` entry. `false`
-/// if state.json could not be written.
-fn record_outcome(rt: &Runtime, info: &RunInfo, ok: bool, output_path: &str) -> bool {
+/// Records a finished run in state and clears its `running` entry; says
+/// whether state.json was written and which notice the run calls for.
+fn record_outcome(rt: &Runtime, info: &RunInfo, ok: bool, output_path: &str) -> Recorded {
     let last = LastRun {
         run_id: info.run_id.clone(),
         status: if ok { "ok" } else { "failed" }.to_string(),
@@ -550,7 +632,13 @@ fn record_outcome(rt: &Runtime, info: &RunInfo, ok: bool, output_path: &str) -> 
         output_path: output_path.to_string(),
         trigger: info.trigger,
     };
-    rt.recorder.record(&rt.store, info.job_path.clone(), last)
+    let finished = Finished {
+        job_path: info.job_path.clone(),
+        last,
+        at: info.slot.unwrap_or(info.started_at),
+        notify_interval: rt.notifier.interval,
+    };
+    rt.recorder.record(&rt.store, finished)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::due::Trigger;
 use crate::files;
+use crate::health::Health;
 use crate::instant;
 use crate::os;
 
@@ -40,6 +41,10 @@ pub struct State {
     /// Jobs paused by hand (SPEC §7.5), by path.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub paused: BTreeMap<String, Paused>,
+    /// Each job's health (SPEC §11): last success, failure streak, notice
+    /// throttle. Apart from `jobs`, whose entry a schedule change resets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health: BTreeMap<String, Health>,
 }
 
 /// Who paused a job, and when.

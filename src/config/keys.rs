@@ -30,6 +30,9 @@ pub struct Settings {
     pub max_budget_usd: Option<f64>,
     pub retries: Option<u32>,
     pub retry_delay: Option<Duration>,
+    pub notify: Option<Vec<String>>,
+    pub notify_url: Option<String>,
+    pub notify_interval: Option<Duration>,
 }
 
 impl Settings {
@@ -50,7 +53,10 @@ impl Settings {
             permission_mode,
             max_budget_usd,
             retries,
-            retry_delay
+            retry_delay,
+            notify,
+            notify_url,
+            notify_interval
         );
     }
 }
@@ -106,6 +112,43 @@ impl Raw<'_> {
         }
     }
 
+    /// A program and its arguments: a JSON list of strings (in the
+    /// environment too, as JSON text). No shell is involved.
+    fn argv(self) -> Result<Vec<String>, String> {
+        let parsed;
+        let value = match self {
+            Raw::Json(v) => v,
+            Raw::Text(t) => {
+                parsed = serde_json::from_str::<Value>(t).map_err(|_| {
+                    format!("expected a JSON list such as [\"/usr/bin/mail\", \"-s\", \"job failed\", \"ops@example.com\"] (got {t:?})")
+                })?;
+                &parsed
+            }
+        };
+        let expected = || {
+            format!(
+                "expected a list of 1 to {MAX_ARGS} strings, the program first (got {})",
+                crate::text::shown(&value.to_string())
+            )
+        };
+        let Value::Array(items) = value else {
+            return Err(expected());
+        };
+        if items.is_empty() || items.len() > MAX_ARGS {
+            return Err(expected());
+        }
+        let argv: Vec<String> = items
+            .iter()
+            .filter_map(|v| v.as_str())
+            .filter(|s| !s.contains('\0') && s.len() <= 4096)
+            .map(String::from)
+            .collect();
+        if argv.len() != items.len() || argv[0].trim().is_empty() {
+            return Err(expected());
+        }
+        Ok(argv)
+    }
+
     fn boolean(self) -> Result<bool, String> {
         match self {
             Raw::Json(Value::Bool(b)) => Ok(*b),
@@ -118,6 +161,9 @@ impl Raw<'_> {
         }
     }
 }
+
+/// The most words a `notify` command may have.
+const MAX_ARGS: usize = 64;
 
 /// One config key.
 pub struct Key {
@@ -143,7 +189,7 @@ macro_rules! key {
 }
 
 /// Every key config.json may hold, in the order messages list them.
-pub const KEYS: [Key; 12] = [
+pub const KEYS: [Key; 15] = [
     key!(
         "vault_url",
         "PARACHUTE_RUNNER_VAULT_URL",
@@ -215,7 +261,28 @@ pub const KEYS: [Key; 12] = [
         retry_delay,
         |r: Raw<'_>| r.duration(job::MAX_RETRY_DELAY)
     ),
+    key!("notify", "PARACHUTE_RUNNER_NOTIFY", notify, Raw::argv),
+    key!(
+        "notify_url",
+        "PARACHUTE_RUNNER_NOTIFY_URL",
+        notify_url,
+        |r: Raw<'_>| {
+            let text = r.string()?;
+            http_url(&text).ok_or_else(|| {
+                format!("expected an http:// or https:// URL without credentials, query or fragment (got {text:?})")
+            })
+        }
+    ),
+    key!(
+        "notify_interval",
+        "PARACHUTE_RUNNER_NOTIFY_INTERVAL",
+        notify_interval,
+        |r: Raw<'_>| r.duration(MAX_NOTIFY_INTERVAL)
+    ),
 ];
+
+/// The longest `notify_interval`: a week.
+const MAX_NOTIFY_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
 
 /// The key called `name`.
 pub fn key(name: &str) -> Option<&'static Key> {

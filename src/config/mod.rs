@@ -40,6 +40,8 @@ pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 4;
 pub const DEFAULT_CLAUDE_BIN: &str = "claude";
 pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// At most one failure notice per job in this long (SPEC §11).
+pub const DEFAULT_NOTIFY_INTERVAL: Duration = Duration::from_secs(3600);
 /// Upper bounds that keep arithmetic and thread counts sane.
 pub const MAX_POLL_INTERVAL: u64 = 86_400;
 pub const MAX_CONCURRENT_JOBS: usize = 256;
@@ -116,6 +118,12 @@ pub struct Config {
     pub max_budget_usd: Option<f64>,
     pub retries: u32,
     pub retry_delay: Duration,
+    /// Where failure and recovery notices go (SPEC §11): a program
+    /// (empty: none), a webhook, and the least time between two failure
+    /// notices of one job.
+    pub notify: Vec<String>,
+    pub notify_url: Option<String>,
+    pub notify_interval: Duration,
     /// Vault HTTP timeouts (`PARACHUTE_RUNNER_HTTP_TIMEOUT`).
     pub http: Timeouts,
     /// The hub that signs admin API tokens (`PARACHUTE_HUB_ORIGIN`).
@@ -341,6 +349,9 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
         max_budget_usd: settings.max_budget_usd,
         retries: settings.retries.unwrap_or(DEFAULT_RETRIES),
         retry_delay: settings.retry_delay.unwrap_or(DEFAULT_RETRY_DELAY),
+        notify: settings.notify.unwrap_or_default(),
+        notify_url: settings.notify_url,
+        notify_interval: settings.notify_interval.unwrap_or(DEFAULT_NOTIFY_INTERVAL),
         http,
         hub_origin,
         clock,

@@ -50,11 +50,18 @@ pub fn apply(
             "required; cannot be removed",
         )]);
     }
-    if patch.contains_key("claude_bin") {
-        return Err(vec![Problem::new(
-            "claude_bin",
-            "cannot be set over HTTP (it decides what program runs); set it in config.json or PARACHUTE_RUNNER_CLAUDE_BIN",
-        )]);
+    for (key, var) in [
+        ("claude_bin", "PARACHUTE_RUNNER_CLAUDE_BIN"),
+        ("notify", "PARACHUTE_RUNNER_NOTIFY"),
+    ] {
+        if patch.contains_key(key) {
+            return Err(vec![Problem::new(
+                key,
+                format!(
+                    "cannot be set over HTTP (it decides what program runs); set it in config.json or {var}"
+                ),
+            )]);
+        }
     }
     let whole = |e: &dyn std::fmt::Display| vec![Problem::whole(e.to_string())];
     let paths = super::Paths::new(env, overrides.config.as_deref()).map_err(|e| whole(&e))?;

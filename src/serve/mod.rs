@@ -23,6 +23,7 @@ use crate::config::{self, Config, Env, Overrides};
 use crate::due::Plan;
 use crate::engine::{self, Runtime, Scope, Verdict};
 use crate::error::Error;
+use crate::health;
 use crate::instant::until;
 use crate::job::Job;
 use crate::metrics::{Gauges, Metrics};
@@ -140,6 +141,7 @@ pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
     };
     let _ = scheduler.join();
     daemon.drain(args.shutdown_timeout);
+    crate::alert::drain(crate::alert::DRAIN_LIMIT_STOPPING);
     http.unblock();
     let _ = accept.join();
     signal_handle.close();
@@ -223,14 +225,36 @@ impl Daemon {
     }
 
     pub fn gauges(&self) -> Gauges {
-        let (jobs_loaded, outbox_depth, last_poll) = {
+        let (jobs_loaded, outbox_depth, last_poll, plans, store, disabled) = {
             let s = self.shared();
             let depth = s.rt.as_ref().map_or(0, |rt| rt.outbox.depth());
-            (s.table.len(), depth, s.last_poll)
+            let plans: Vec<(String, Plan)> = s
+                .table
+                .iter()
+                .filter_map(|(p, e)| e.plan.as_ref().ok().map(|plan| (p.clone(), plan.clone())))
+                .collect();
+            let store = s.rt.as_ref().map(|rt| rt.store.clone());
+            (
+                s.table.len(),
+                depth,
+                s.last_poll,
+                plans,
+                store,
+                s.config.disabled,
+            )
         };
+        // state.json is read with the shared lock released.
+        let now = self.clock.now();
+        let jobs_stale = store.and_then(|st| st.read().ok()).map_or(0, |state| {
+            plans
+                .iter()
+                .filter(|(path, plan)| health::is_stale(&state, path, plan, now, disabled))
+                .count()
+        });
         let waiting = self.live().values().filter(|l| l.cancel.is_none()).count();
         Gauges {
             jobs_loaded,
+            jobs_stale,
             running: self.running_count(),
             waiting,
             outbox_depth,
