@@ -114,6 +114,7 @@ pub fn doctor(common: &Common, env: &Env) -> Result<u8, Error> {
         }
         check_jobs(&mut r, &config, rt);
         check_notify(&mut r, &config, rt);
+        check_coordination(&mut r, &config, rt);
         check_last_pass(&mut r, &config, rt);
     }
     print(&r.out)?;
@@ -425,6 +426,44 @@ fn check_notify(r: &mut Report, config: &Config, rt: &Runtime) {
                 human(SignedDuration::try_from(config.notify_interval).unwrap_or_default())
             ),
         );
+    }
+}
+
+fn check_coordination(r: &mut Report, config: &Config, rt: &Runtime) {
+    let Some(coord) = &rt.coord else {
+        r.line(
+            Mark::Ok,
+            "coordination",
+            &format!(
+                "{}: runners of this host share {} (set coordination to \"vault\" for several hosts)",
+                config.coordination.as_str(),
+                config.paths.runner_dir.display()
+            ),
+        );
+        return;
+    };
+    match coord.read_all() {
+        Ok(shared) => {
+            let now = rt.clock.now();
+            let live = shared
+                .values()
+                .filter(|s| s.claim.as_ref().is_some_and(|c| !c.expired(now)))
+                .count();
+            r.line(
+                Mark::Ok,
+                "coordination",
+                &format!(
+                    "vault: {} job(s) with shared state, {live} claimed now; this runner claims as {}",
+                    shared.len(),
+                    coord.host
+                ),
+            );
+        }
+        Err(e) => r.line(
+            Mark::Fail,
+            "coordination",
+            &format!("vault: cannot read the shared state ({e}); no slot can be claimed"),
+        ),
     }
 }
 

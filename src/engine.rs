@@ -19,12 +19,13 @@ use jiff::{SignedDuration, Timestamp};
 use crate::agent;
 use crate::alert::{self, Notifier};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Coordination};
+use crate::coord::{self, Claim, Coord, Shared};
 use crate::due::{self, Decision, Plan, Policy, Trigger};
 use crate::files;
 use crate::health::Health;
 use crate::job::{Job, JobError};
-use crate::outbox::{Outbox, Swept};
+use crate::outbox::{Gate, Open, Outbox, Swept};
 use crate::recorder::Recorder;
 use crate::recover;
 use crate::run::{self, Claimed};
@@ -52,6 +53,9 @@ pub struct Runtime {
     pub recorder: Arc<Recorder>,
     /// Where failure and recovery notices go.
     pub notifier: Notifier,
+    /// Claims in the vault, when runners on several hosts share it
+    /// (SPEC §12).
+    pub coord: Option<Coord>,
 }
 
 /// The config's defaults for a job's agent (SPEC §3).
@@ -78,7 +82,6 @@ impl Runtime {
             env: alert::notify_env(&child_env),
         };
         Ok(Runtime {
-            vault,
             store: Store::new(&config.paths.runner_dir),
             outbox: Outbox::new(&config.paths.runner_dir),
             claude_bin: resolve_program(&config.claude_bin),
@@ -95,6 +98,9 @@ impl Runtime {
             },
             recorder: Arc::new(Recorder::default()),
             notifier,
+            coord: (config.coordination == Coordination::Vault)
+                .then(|| Coord::new(Arc::clone(&vault), config.clock)),
+            vault,
         })
     }
 
@@ -103,12 +109,22 @@ impl Runtime {
         self.store.dir().join(run::TMP_DIR)
     }
 
+    /// What lets a claimed run's note out (SPEC §12).
+    pub fn gate(&self) -> &dyn Gate {
+        match &self.coord {
+            Some(coord) => coord,
+            None => &Open,
+        }
+    }
+
     /// Delivers the outbox, oldest first (a no-op when it is empty). An
     /// entry of a run still marked running is left to that run.
     pub fn deliver_outbox(&self) -> Swept {
-        let swept = self
-            .outbox
-            .sweep(self.vault.as_ref(), || recover::running_in(&self.store));
+        let swept = self.outbox.sweep(
+            self.vault.as_ref(),
+            || recover::running_in(&self.store),
+            self.gate(),
+        );
         if swept.failed > 0 {
             log::warn!("outbox: {} output(s) still queued", swept.failed);
         }
@@ -196,6 +212,14 @@ pub fn claim_due(
         .collect();
     let mut zones = HashMap::new();
     let mut parsed: HashMap<usize, Result<Job, JobError>> = HashMap::new();
+    // What runners elsewhere handled (SPEC §12), read before the lock.
+    let shared = rt.coord.as_ref().map(Coord::read_all);
+    if let Some(Err(e)) = &shared {
+        log::warn!(
+            "cannot read the runners' shared state in the vault: {e}; no slot is claimed this pass"
+        );
+    }
+    let mut sharing = Sharing::default();
     files::ensure_reserve(rt.store.dir());
     let mut locked = rt.store.lock()?;
     let wanted: Vec<usize> = (0..notes.len())
@@ -273,6 +297,10 @@ pub fn claim_due(
                 .unwrap_or_else(|| Job::from_note(note, &rt.default_zone))
         };
         let mut entry = locked.state.jobs.remove(path);
+        let theirs = match &shared {
+            Some(Ok(map)) => map.get(path),
+            _ => None,
+        };
         // An unchanged note is decided from what the last pass kept of it.
         let remembered = entry
             .as_ref()
@@ -307,21 +335,54 @@ pub fn claim_due(
             .health
             .entry(path.to_string())
             .or_insert_with(|| Health::new(now));
+        if let Some(theirs) = theirs {
+            coord::merge(&mut entry, theirs, &plan, now);
+        }
+        let before = entry.as_ref().map(|e| e.checked_through);
         // A paused job is decided as a disabled one (its slots pass).
-        let decision = if locked.state.paused.contains_key(path) {
+        let mut decision = if locked.state.paused.contains_key(path) {
             let mut paused = plan.clone();
             paused.disabled = true;
             due::decide(&paused, &mut entry, now, rt.policy)
         } else {
             due::decide(&plan, &mut entry, now, rt.policy)
         };
+        let mut unclaimable = None;
+        if let (Some(Err(e)), Decision::Run { .. }) = (&shared, &decision) {
+            // No slot is claimed without the vault: this one stays due.
+            if let (Some(entry), Some(before)) = (entry.as_mut(), before) {
+                entry.checked_through = before;
+            }
+            unclaimable = Some(format!("cannot claim it in the vault: {e}"));
+            decision = Decision::NotDue;
+        }
         if let Some(mut entry) = entry {
+            if let (Some(Ok(_)), Decision::New | Decision::ClockBack { .. }) = (&shared, &decision)
+                && coord::publish_needed(&entry, theirs)
+            {
+                sharing
+                    .publish
+                    .push((path.to_string(), entry.clone(), theirs.cloned()));
+            }
             entry.note = Some(plan.seen(hashes[i].clone()));
             locked.state.jobs.insert(path.to_string(), entry);
         }
         let verdict = match decision {
+            _ if unclaimable.is_some() => Verdict::Skipped(unclaimable.unwrap_or_default()),
             Decision::Run { slot, trigger } => match parsed_job.take().map_or_else(job, Ok) {
-                Ok(job) => claim_slot(rt, &mut locked, job, trigger, Some(slot), now, &mut pass),
+                Ok(job) => {
+                    let verdict =
+                        claim_slot(rt, &mut locked, job, trigger, Some(slot), now, &mut pass);
+                    if matches!(verdict, Verdict::Claimed) && shared.is_some() {
+                        sharing.claims.push(Pending {
+                            index: pass.claimed.len() - 1,
+                            slot,
+                            before,
+                            theirs: theirs.cloned(),
+                        });
+                    }
+                    verdict
+                }
                 Err(e) => Verdict::Invalid(e),
             },
             Decision::SkipLate { slot } => {
@@ -364,6 +425,12 @@ pub fn claim_due(
     for notice in notices {
         rt.notifier.send(notice);
     }
+    if let (Some(coord), Some(Ok(map))) = (&rt.coord, &shared) {
+        share(rt, coord, &mut pass, sharing);
+        if scope == Scope::All {
+            take_over_expired(rt, coord, map, &pass);
+        }
+    }
     Ok(pass)
 }
 
@@ -389,7 +456,8 @@ fn claim_slot(
     pass: &mut Pass,
 ) -> Verdict {
     let (info, prompt) = run::prepare(&job, trigger, slot, now, rt.date_override);
-    match run::claim(&rt.store, locked, job, info, prompt) {
+    let shared = rt.coord.is_some();
+    match run::claim(&rt.store, locked, job, info, prompt, shared) {
         Ok(Some(claimed)) => {
             pass.claimed.push(claimed);
             Verdict::Claimed
@@ -417,7 +485,185 @@ pub fn claim_now(rt: &Runtime, note: &Note, trigger: Trigger) -> Result<Manual, 
     let (info, prompt) = run::prepare(&job, trigger, None, rt.clock.now(), rt.date_override);
     files::ensure_reserve(rt.store.dir());
     let mut locked = rt.store.lock()?;
-    let claimed = run::claim(&rt.store, &mut locked, job, info, prompt)?;
+    let claimed = run::claim(&rt.store, &mut locked, job, info, prompt, false)?;
     locked.commit()?;
     Ok(claimed.map_or(Manual::Running, |c| Manual::Claimed(Box::new(c))))
+}
+
+/// What a pass owes the shared state once its own is committed.
+#[derive(Default)]
+struct Sharing {
+    /// Decisions that reset a job's entry: (job, entry, state note).
+    publish: Vec<(String, crate::state::JobState, Option<Shared>)>,
+    /// Runs claimed here that must be claimed in the vault too.
+    claims: Vec<Pending>,
+}
+
+/// A run claimed locally, still to be claimed in the vault.
+struct Pending {
+    /// Its place in `Pass::claimed`.
+    index: usize,
+    slot: Timestamp,
+    /// `checked_through` before the decision, restored if the vault could
+    /// not be asked (the slot stays due).
+    before: Option<Timestamp>,
+    theirs: Option<Shared>,
+}
+
+/// Tells the vault what the pass decided (SPEC §12): publishes reset
+/// entries, claims each locally claimed slot in the vault and gives up
+/// the runs whose claim another runner won (their job locks released,
+/// their `running` entries cleared).
+fn share(rt: &Runtime, coord: &Coord, pass: &mut Pass, sharing: Sharing) {
+    for (path, entry, theirs) in &sharing.publish {
+        coord.publish(path, entry, theirs.as_ref());
+    }
+    // (index, why, checked_through to restore)
+    let mut given_up: Vec<(usize, String, Option<Timestamp>)> = Vec::new();
+    for p in sharing.claims {
+        let Some(claimed) = pass.claimed.get_mut(p.index) else {
+            continue;
+        };
+        let (schedule, zone) = (
+            claimed.job.schedule_text.clone(),
+            claimed.job.zone.name.clone(),
+        );
+        match coord.claim(&claimed.info, p.slot, &schedule, &zone, p.theirs) {
+            Ok(coord::Claimed::Won { lease, orphan }) => {
+                lease.start();
+                claimed.lease = Some(lease);
+                if let Some(orphan) = orphan {
+                    report_orphan(rt, &claimed.info.job_path, &orphan);
+                }
+            }
+            Ok(coord::Claimed::Lost(why)) => given_up.push((p.index, why, None)),
+            Err(e) => given_up.push((
+                p.index,
+                format!("cannot claim it in the vault: {e}"),
+                p.before,
+            )),
+        }
+    }
+    if given_up.is_empty() {
+        return;
+    }
+    // Cleared under the state lock, then the claims (and their job locks)
+    // dropped.
+    let mut dropped = Vec::new();
+    given_up.sort_by_key(|(index, ..)| std::cmp::Reverse(*index));
+    for (index, why, restore) in given_up {
+        let claimed = pass.claimed.remove(index);
+        if let Some(looked) = pass
+            .looked
+            .iter_mut()
+            .find(|l| l.path == claimed.info.job_path)
+        {
+            looked.verdict = Verdict::Skipped(why);
+        }
+        dropped.push((claimed, restore));
+    }
+    let cleared = rt.store.lock().and_then(|mut locked| {
+        for (claimed, restore) in &dropped {
+            if let Some(entry) = locked.state.jobs.get_mut(&claimed.info.job_path) {
+                if entry
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.run_id == claimed.info.run_id)
+                {
+                    entry.running = None;
+                }
+                if let Some(before) = restore {
+                    entry.checked_through = *before;
+                }
+            }
+        }
+        locked.commit()
+    });
+    if let Err(e) = cleared {
+        // The next pass finds the `running` entries with free locks and
+        // clears them (claimed runs get no note from it).
+        log::warn!("could not clear the runs other runners claimed: {e}");
+    }
+}
+
+/// Takes over every expired claim (SPEC §12) no run of this process
+/// holds, and reports its run.
+fn take_over_expired(rt: &Runtime, coord: &Coord, shared: &HashMap<String, Shared>, pass: &Pass) {
+    let now = rt.clock.now();
+    for theirs in shared.values() {
+        let Some(claim) = &theirs.claim else { continue };
+        if !claim.expired(now)
+            || crate::state::is_live_here(&claim.run_id)
+            || pass
+                .claimed
+                .iter()
+                .any(|c| c.info.job_path == theirs.job_path)
+        {
+            continue;
+        }
+        match coord.take_over(theirs) {
+            Ok(Some((claim, updated_at))) => {
+                if report_orphan(rt, &theirs.job_path, &claim) {
+                    coord.release(&theirs.job_path, &claim.run_id, updated_at);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!(
+                "{}: cannot take over the expired claim of run {}: {e}",
+                theirs.job_path,
+                claim.run_id
+            ),
+        }
+    }
+}
+
+/// Reports the run of a claim taken over: its own note if this host's
+/// outbox holds it, nothing if the vault has it already, else an
+/// `interrupted` note. `false` when it cannot tell (the vault did not
+/// answer): the claim is then left to expire again.
+fn report_orphan(rt: &Runtime, job_path: &str, claim: &Claim) -> bool {
+    let run_id = &claim.run_id;
+    if rt.outbox.read(run_id).is_some() {
+        let entry = rt.outbox.path_for(run_id);
+        return !matches!(
+            rt.outbox.deliver_entry(rt.vault.as_ref(), &entry, &Open),
+            crate::outbox::Delivery::Failed(_)
+        );
+    }
+    match recover::delivered(rt.vault.as_ref(), &claim.output_path, run_id) {
+        Ok(Some(_)) => return true,
+        Ok(None) => {}
+        Err(e) => {
+            log::warn!("{job_path}: cannot tell whether run {run_id} left a note ({e}); later");
+            return false;
+        }
+    }
+    let now = rt.clock.now();
+    let reason = format!(
+        "interrupted: its runner {} stopped before the run finished (its claim ran out at {:.0})",
+        claim.host, claim.lease_until
+    );
+    let note = crate::note::interrupted(&claim.info(job_path), &reason, now);
+    log::warn!("{job_path}: took over the expired claim of run {run_id}; reporting it interrupted");
+    match rt.outbox.spool(job_path, false, &note, now, false) {
+        Ok(entry) => {
+            let _ = rt.outbox.deliver_entry(rt.vault.as_ref(), &entry, &Open);
+        }
+        Err(e) => {
+            log::error!("{job_path}: could not queue the interrupted note of run {run_id}: {e}");
+            if crate::deliver::deliver(rt.vault.as_ref(), &note, None).is_err() {
+                return false;
+            }
+        }
+    }
+    rt.notifier.send(crate::alert::Message {
+        notice: crate::health::Notice::Failed,
+        job_path: job_path.to_string(),
+        run_id: run_id.clone(),
+        reason,
+        output_path: format!("{}.failed", claim.output_path),
+        cost_usd: None,
+        note: crate::alert::cut(&note.content, crate::alert::STDIN_CAP),
+    });
+    true
 }

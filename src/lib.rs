@@ -25,6 +25,7 @@ mod cli;
 mod clock;
 mod config;
 mod contain;
+mod coord;
 mod deliver;
 mod doctor;
 mod due;

@@ -32,6 +32,27 @@ pub struct RunInfo {
     pub tags: Vec<String>,
 }
 
+/// The failure note of a run that ended without its runner (SPEC §7.4,
+/// §12): `reason` is its `run_error`, the time since its start its
+/// duration.
+pub fn interrupted(info: &RunInfo, reason: &str, now: jiff::Timestamp) -> NewNote {
+    let ending = Ending::Failure(crate::judge::Failure::plain(
+        reason,
+        crate::judge::Cause::Interrupted,
+    ));
+    let meta = Meta {
+        exit_code: 130,
+        attempts: 1,
+        ..Meta::default()
+    };
+    note(
+        info,
+        ending,
+        &meta,
+        crate::instant::until(info.started_at, now),
+    )
+}
+
 /// The note for a run (SPEC §6.3).
 pub fn note(info: &RunInfo, ending: Ending, meta: &Meta, duration: Duration) -> NewNote {
     let mut m = Map::new();

@@ -29,7 +29,33 @@ pub struct Entry {
     pub job_path: String,
     /// Whether the run succeeded (for the state record).
     pub ok: bool,
+    /// Its slot was claimed in the vault (SPEC §12): the note goes out
+    /// only while the claim is still the run's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claimed: bool,
     pub note: NewNote,
+}
+
+/// What decides whether a claimed run's note may still be written
+/// (coordination in the vault, SPEC §12).
+pub trait Gate {
+    /// Before the note of run `run_id` of `job_path` is written:
+    /// `Ok(Some(token))` to write it, `Ok(None)` if it must never be
+    /// (its claim was taken over), `Err` to try later.
+    fn before(&self, job_path: &str, run_id: &str) -> Result<Option<String>, VaultError>;
+    /// After it was accepted, with the token `before` gave.
+    fn after(&self, job_path: &str, run_id: &str, token: String);
+}
+
+/// No coordination: every note goes out.
+pub struct Open;
+
+impl Gate for Open {
+    fn before(&self, _: &str, _: &str) -> Result<Option<String>, VaultError> {
+        Ok(Some(String::new()))
+    }
+
+    fn after(&self, _: &str, _: &str, _: String) {}
 }
 
 /// What a delivery pass did.
@@ -55,6 +81,8 @@ pub enum Delivery {
     Delivered(String),
     /// Another runner is delivering it, or already did.
     Busy,
+    /// Removed unwritten: its claim was taken over (why).
+    Dropped(String),
     /// Still queued.
     Failed(VaultError),
 }
@@ -89,6 +117,7 @@ impl Outbox {
         ok: bool,
         note: &NewNote,
         now: Timestamp,
+        claimed: bool,
     ) -> io::Result<PathBuf> {
         /// `Entry`, borrowed: the note may be megabytes.
         #[derive(Serialize)]
@@ -98,6 +127,8 @@ impl Outbox {
             run_id: &'a str,
             job_path: &'a str,
             ok: bool,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            claimed: bool,
             note: &'a NewNote,
         }
         files::create_private_dir(&self.dir)?;
@@ -108,6 +139,7 @@ impl Outbox {
             run_id,
             job_path,
             ok,
+            claimed,
             note,
         };
         let path = self.path_for(run_id);
@@ -144,7 +176,7 @@ impl Outbox {
 
     /// Delivers one entry under its own lock, so two runners never send
     /// the same one; deletes it only once the vault has accepted it.
-    pub fn deliver_entry(&self, vault: &dyn Vault, path: &Path) -> Delivery {
+    pub fn deliver_entry(&self, vault: &dyn Vault, path: &Path, gate: &dyn Gate) -> Delivery {
         let file = match files::open_regular(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Delivery::Busy,
@@ -173,13 +205,41 @@ impl Outbox {
                 });
             }
         };
-        match deliver(vault, &entry.note, Some(RETRY_WINDOW)) {
+        let token = if entry.claimed {
+            match gate.before(&entry.job_path, &entry.run_id) {
+                Ok(Some(token)) => token,
+                Ok(None) => {
+                    let why = format!(
+                        "its claim in the vault was taken over before its note could be written; the runner that took it over reported run {}",
+                        entry.run_id
+                    );
+                    if let Err(e) = fs::remove_file(path) {
+                        log::error!("{}: could not be removed: {e}", path.display());
+                    }
+                    return Delivery::Dropped(why);
+                }
+                Err(e) => return Delivery::Failed(e),
+            }
+        } else {
+            String::new()
+        };
+        // A claimed note goes out in one try: the claim just renewed holds
+        // for a lease, and a later try renews it again.
+        let window = if entry.claimed {
+            Some(std::time::Duration::ZERO)
+        } else {
+            Some(RETRY_WINDOW)
+        };
+        match deliver(vault, &entry.note, window) {
             Ok(written) => {
                 if let Err(e) = fs::remove_file(path) {
                     log::error!(
                         "{}: delivered, but could not be removed: {e}",
                         path.display()
                     );
+                }
+                if entry.claimed {
+                    gate.after(&entry.job_path, &entry.run_id, token);
                 }
                 Delivery::Delivered(written)
             }
@@ -196,6 +256,7 @@ impl Outbox {
         &self,
         vault: &dyn Vault,
         running: impl FnOnce() -> Option<HashSet<String>>,
+        gate: &dyn Gate,
     ) -> Swept {
         let entries = self.entries();
         if entries.is_empty() {
@@ -217,10 +278,14 @@ impl Outbox {
                 swept.skipped += 1;
                 continue;
             }
-            match self.deliver_entry(vault, &path) {
+            match self.deliver_entry(vault, &path, gate) {
                 Delivery::Delivered(at) => {
                     log::info!("outbox: delivered run {run_id} to {at}");
                     swept.delivered += 1;
+                }
+                Delivery::Dropped(why) => {
+                    log::warn!("outbox: run {run_id} dropped: {why}");
+                    swept.skipped += 1;
                 }
                 Delivery::Busy => swept.skipped += 1,
                 Delivery::Failed(e) => {

@@ -14,14 +14,12 @@ use crate::contain;
 use crate::engine::Runtime;
 use crate::files;
 use crate::health::{Health, Notice};
-use crate::instant::until;
-use crate::judge::{Cause, Ending, Failure, Meta};
 use crate::note::{self, RunInfo};
 use crate::os;
 use crate::outbox::OUTBOX_DIR;
 use crate::run;
-use crate::state::{LastRun, Locked, Running, StateError, Store};
-use crate::vault::VaultError;
+use crate::state::{LastRun, Locked, StateError, Store};
+use crate::vault::{Vault, VaultError};
 
 /// Settles the runs of dead runners (SPEC §7.4) while the caller holds the
 /// state lock: a `running` entry whose job lock is free. If its note is
@@ -54,9 +52,20 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<Message> {
             }
         }
         stop_orphans(&rt.tmp_dir(), path, &running.run_id);
+        // A slot claimed in the vault is reported by whoever takes the
+        // claim over once its lease runs out (this runner too, on a later
+        // pass): no note here, unless the run's own note is queued.
+        if running.claimed && rt.outbox.read(&running.run_id).is_none() {
+            log::warn!(
+                "{path}: run {} was interrupted (its runner stopped); the runner that takes its claim over reports it",
+                running.run_id
+            );
+            entry.running = None;
+            continue;
+        }
         let delivered = match rt.outbox.read(&running.run_id) {
             Some(_) => None,
-            None => match delivered(rt, &running) {
+            None => match delivered(rt.vault.as_ref(), &running.output_path, &running.run_id) {
                 Ok(found) => found,
                 Err(e) => {
                     // Not knowing whether its note is there, write none:
@@ -95,16 +104,9 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<Message> {
                         running.output_tags.clone()
                     },
                 };
-                let ending = Ending::Failure(Failure::plain(INTERRUPTED, Cause::Interrupted));
-                let meta = Meta {
-                    exit_code: 130,
-                    attempts: 1,
-                    ..Meta::default()
-                };
-                let elapsed = until(running.started_at, now);
-                let note = note::note(&info, ending, &meta, elapsed);
+                let note = note::interrupted(&info, INTERRUPTED, now);
                 interrupted_note = Some(note.content.clone());
-                if let Err(e) = rt.outbox.spool(path, false, &note, now) {
+                if let Err(e) = rt.outbox.spool(path, false, &note, now, false) {
                     log::error!(
                         "{path}: could not queue the interrupted note of run {}: {e}",
                         running.run_id
@@ -218,22 +220,25 @@ fn stop_orphans(tmp: &Path, job_path: &str, run_id: &str) {
 /// Whether the vault already holds the note of a run whose record is
 /// missing (delivered straight, then state.json could not be written):
 /// `Some(ok)` when it does. A second note for the slot must not follow.
-fn delivered(rt: &Runtime, running: &Running) -> Result<Option<bool>, VaultError> {
-    let prefix: String = running.run_id.chars().take(8).collect();
-    let failed = format!("{}.failed", running.output_path);
-    for (path, ok) in [(&running.output_path, true), (&failed, false)] {
-        let Some(note) = rt.vault.get_note(path)? else {
+pub fn delivered(
+    vault: &dyn Vault,
+    output_path: &str,
+    run_id: &str,
+) -> Result<Option<bool>, VaultError> {
+    let prefix: String = run_id.chars().take(8).collect();
+    let failed = format!("{output_path}.failed");
+    for (path, ok) in [(output_path, true), (failed.as_str(), false)] {
+        let Some(note) = vault.get_note(path)? else {
             continue;
         };
-        if note.run_id() == Some(running.run_id.as_str()) {
+        if note.run_id() == Some(run_id) {
             return Ok(Some(ok));
         }
         // Taken by another note: this run's went to the suffixed path.
         let suffixed = format!("{path}-{prefix}");
-        if rt
-            .vault
+        if vault
             .get_note(&suffixed)?
-            .is_some_and(|n| n.run_id() == Some(running.run_id.as_str()))
+            .is_some_and(|n| n.run_id() == Some(run_id))
         {
             return Ok(Some(ok));
         }

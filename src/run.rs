@@ -15,6 +15,7 @@ use jiff::civil::Date;
 
 use crate::agent::{self, Canceller};
 use crate::alert::{self, Message, Ping};
+use crate::coord::Lease;
 use crate::deliver;
 use crate::due::Trigger;
 use crate::engine::Runtime;
@@ -54,6 +55,8 @@ pub struct Claimed {
     /// The rendered prompt, or what fails the run before it starts (a
     /// template error).
     pub prompt: Result<String, Failure>,
+    /// Its claim in the vault (SPEC §12), when runners coordinate there.
+    pub lease: Option<Lease>,
     _lock: Lock,
     _live: LiveRun,
 }
@@ -199,13 +202,14 @@ pub fn prepare(
 
 /// Claims a prepared run while the caller holds the state lock: takes the
 /// job lock and records `running`. `Ok(None)` if the job is still running
-/// elsewhere.
+/// elsewhere. `shared`: its slot is to be claimed in the vault as well.
 pub fn claim(
     store: &Store,
     locked: &mut Locked,
     job: Job,
     info: RunInfo,
     prompt: Result<String, Failure>,
+    shared: bool,
 ) -> Result<Option<Claimed>, StateError> {
     let Some(lock) = store.try_lock_job(&job.path)? else {
         return Ok(None);
@@ -245,12 +249,14 @@ pub fn claim(
         job_id: info.job_id.clone(),
         model: info.model.clone(),
         output_tags: info.tags.clone(),
+        claimed: shared,
     });
     let live = LiveRun::new(&info.run_id);
     Ok(Some(Claimed {
         job,
         info,
         prompt,
+        lease: None,
         _lock: lock,
         _live: live,
     }))
@@ -263,12 +269,19 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
     let Claimed {
         job,
         mut info,
-        prompt,
+        mut prompt,
+        lease,
         _lock,
         _live,
     } = claimed;
     info.started_at = rt.clock.now();
     let started = Instant::now();
+    if let Some(why) = lease.as_ref().and_then(Lease::lost) {
+        prompt = Err(Failure::plain(
+            format!("interrupted: {why}"),
+            Cause::Interrupted,
+        ));
+    }
     let ping = job
         .ping_url
         .as_deref()
@@ -282,9 +295,15 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
             };
             (Ending::Failure(failure), meta)
         }
-        Ok(prompt) => run_attempts(rt, &job, &info, prompt, hooks),
+        Ok(prompt) => run_attempts(rt, &job, &info, prompt, hooks, lease.as_ref()),
     };
     let duration = started.elapsed();
+    if let Some(lease) = &lease {
+        lease.stop();
+        if let Some(why) = lease.lost() {
+            return lost_claim(rt, &info, &why, duration, meta);
+        }
+    }
     let ok = ending.is_success();
     let error = ending.error().map(String::from);
     let cause = ending.failure().map(|f| f.cause);
@@ -322,7 +341,9 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
     };
 
     // 1. The note is safe on disk before the run is marked finished.
-    let spooled = rt.outbox.spool(&job.path, ok, &note, rt.clock.now());
+    let spooled = rt
+        .outbox
+        .spool(&job.path, ok, &note, rt.clock.now(), lease.is_some());
     let entry = match spooled {
         Ok(entry) => entry,
         Err(spool_error) => {
@@ -333,9 +354,24 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
                 job.path,
                 info.run_id
             );
-            let recorded = match deliver::deliver(rt.vault.as_ref(), &note, None) {
-                Ok(path) => {
+            // A claimed run's note only while the claim is still its own.
+            let confirmed = match &lease {
+                None => Ok(Some(String::new())),
+                Some(_) => rt.gate().before(&info.job_path, &info.run_id),
+            };
+            let written = confirmed.and_then(|token| match token {
+                Some(token) => deliver::deliver(rt.vault.as_ref(), &note, None).map(|p| (p, token)),
+                None => Err(crate::vault::VaultError::Io {
+                    what: format!("writing note {}", note.path),
+                    detail: "its claim in the vault was taken over".to_string(),
+                }),
+            });
+            let recorded = match written {
+                Ok((path, token)) => {
                     report.written_to = Some(path);
+                    if lease.is_some() {
+                        rt.gate().after(&info.job_path, &info.run_id, token);
+                    }
                     record_outcome(rt, &info, ok, &note.path)
                 }
                 Err(e) => {
@@ -375,8 +411,13 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
 
 /// Delivers a finished run's outbox entry; what happened goes in `report`.
 fn deliver_now(rt: &Runtime, entry: &Path, report: &mut Report) {
-    match rt.outbox.deliver_entry(rt.vault.as_ref(), entry) {
+    match rt.outbox.deliver_entry(rt.vault.as_ref(), entry, rt.gate()) {
         Delivery::Delivered(path) => report.written_to = Some(path),
+        Delivery::Dropped(why) => {
+            report.ok = false;
+            report.cause = Some(Cause::Interrupted);
+            report.error = Some(why);
+        }
         Delivery::Busy => report.written_to = Some(report.output_path.clone()),
         Delivery::Failed(e) => {
             // The report line says it (once prints it, serve logs it).
@@ -448,6 +489,32 @@ fn ping_summary(report: &Report) -> String {
     }
 }
 
+/// Ends a run whose claim in the vault was lost (taken over, or not
+/// renewed in time): its agent was stopped and nothing is written; the
+/// runner that takes the claim over reports the run. Recorded here as
+/// failed.
+fn lost_claim(rt: &Runtime, info: &RunInfo, why: &str, duration: Duration, meta: Meta) -> Report {
+    record_outcome(rt, info, false, &info.output_path);
+    let error = format!(
+        "stopped: {why}; its note is not written (the runner that takes the claim over reports the run)"
+    );
+    log::error!("{}: run {}: {error}", info.job_path, info.run_id);
+    Report {
+        job_path: info.job_path.clone(),
+        run_id: info.run_id.clone(),
+        trigger: info.trigger,
+        slot: info.slot,
+        ok: false,
+        error: Some(error),
+        written_to: None,
+        output_path: info.output_path.clone(),
+        queued_because: None,
+        duration,
+        cause: Some(Cause::Interrupted),
+        meta,
+    }
+}
+
 /// Ends a claimed run that never started (serve shutting down while it
 /// waited for a free slot): a failure note with `reason`, recorded as any
 /// other outcome.
@@ -483,6 +550,7 @@ fn run_attempts(
     info: &RunInfo,
     prompt: String,
     hooks: &dyn Hooks,
+    lease: Option<&Lease>,
 ) -> (Ending, Meta) {
     let setup = rt.vault.agent_setup();
     let tmp = rt.tmp_dir();
@@ -554,6 +622,9 @@ fn run_attempts(
         };
         let mut outcome = agent::run(request, |cancel: Canceller| {
             record_agent(&agent_path, &cancel, &job.path);
+            if let Some(lease) = lease {
+                lease.attach(cancel.clone());
+            }
             hooks.started(cancel);
         });
         let (ending, meta) = judge::judge(&mut outcome, &cx);

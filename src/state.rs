@@ -128,6 +128,10 @@ pub struct Running {
     pub model: String,
     #[serde(default)]
     pub output_tags: Vec<String>,
+    /// The slot is claimed in the vault too (SPEC §12): if this runner
+    /// dies, the runner that takes the claim over reports the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claimed: bool,
 }
 
 /// The runs this process has going on, by run id: a `running` entry with
@@ -143,6 +147,11 @@ fn live_here() -> std::sync::MutexGuard<'static, std::collections::HashSet<Strin
 /// A run of this process going on; it ends when this is dropped.
 #[derive(Debug)]
 pub struct LiveRun(String);
+
+/// Whether run `run_id` goes on in this process.
+pub fn is_live_here(run_id: &str) -> bool {
+    live_here().contains(run_id)
+}
 
 impl LiveRun {
     pub fn new(run_id: &str) -> LiveRun {

@@ -33,6 +33,7 @@ pub struct Settings {
     pub notify: Option<Vec<String>>,
     pub notify_url: Option<String>,
     pub notify_interval: Option<Duration>,
+    pub coordination: Option<Coordination>,
 }
 
 impl Settings {
@@ -56,7 +57,8 @@ impl Settings {
             retry_delay,
             notify,
             notify_url,
-            notify_interval
+            notify_interval,
+            coordination
         );
     }
 }
@@ -189,7 +191,7 @@ macro_rules! key {
 }
 
 /// Every key config.json may hold, in the order messages list them.
-pub const KEYS: [Key; 15] = [
+pub const KEYS: [Key; 16] = [
     key!(
         "vault_url",
         "PARACHUTE_RUNNER_VAULT_URL",
@@ -279,7 +281,40 @@ pub const KEYS: [Key; 15] = [
         notify_interval,
         |r: Raw<'_>| r.duration(MAX_NOTIFY_INTERVAL)
     ),
+    key!(
+        "coordination",
+        "PARACHUTE_RUNNER_COORDINATION",
+        coordination,
+        |r: Raw<'_>| Coordination::parse(&r.string()?)
+    ),
 ];
+
+/// How runners share the work (SPEC §12).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Coordination {
+    /// File locks and state.json: runners of one host.
+    #[default]
+    Local,
+    /// Claims in the vault: runners on any hosts.
+    Vault,
+}
+
+impl Coordination {
+    pub fn parse(text: &str) -> Result<Coordination, String> {
+        match text.trim() {
+            "local" => Ok(Coordination::Local),
+            "vault" => Ok(Coordination::Vault),
+            other => Err(format!("expected \"local\" or \"vault\" (got {other:?})")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coordination::Local => "local",
+            Coordination::Vault => "vault",
+        }
+    }
+}
 
 /// The longest `notify_interval`: a week.
 const MAX_NOTIFY_INTERVAL: Duration = Duration::from_secs(7 * 86_400);

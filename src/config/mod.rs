@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 pub use env::{Env, cli_zone, clock};
 #[cfg(test)]
 pub use keys::names as key_names;
-pub use keys::{Settings, check_token, http_url, parse_env, parse_file};
+pub use keys::{Coordination, Settings, check_token, http_url, parse_env, parse_file};
 pub use patch::{apply as apply_patch, deferred};
 
 use crate::clock::Clock;
@@ -124,6 +124,8 @@ pub struct Config {
     pub notify: Vec<String>,
     pub notify_url: Option<String>,
     pub notify_interval: Duration,
+    /// Whether runners on other hosts share the vault's jobs (SPEC §12).
+    pub coordination: Coordination,
     /// Vault HTTP timeouts (`PARACHUTE_RUNNER_HTTP_TIMEOUT`).
     pub http: Timeouts,
     /// The hub that signs admin API tokens (`PARACHUTE_HUB_ORIGIN`).
@@ -302,6 +304,24 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
             }
         });
     };
+    if settings.coordination == Some(Coordination::Vault)
+        && let VaultTarget::Dir { root } = &vault
+    {
+        return Err(ConfigError::Invalid {
+            source: if env.get("PARACHUTE_RUNNER_COORDINATION").is_some() {
+                "the environment".to_string()
+            } else {
+                paths.config_file.display().to_string()
+            },
+            problems: vec![Problem::new(
+                "coordination",
+                format!(
+                    "\"vault\" needs a vault server (vault_url http:// or https://); the folder {} is one host's, use \"local\"",
+                    root.display()
+                ),
+            )],
+        });
+    }
     let vault_token = match (&vault, settings.vault_token.take()) {
         (VaultTarget::Dir { .. }, _) => None,
         (_, Some(token)) => Some(token),
@@ -352,6 +372,7 @@ pub fn load(env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
         notify: settings.notify.unwrap_or_default(),
         notify_url: settings.notify_url,
         notify_interval: settings.notify_interval.unwrap_or(DEFAULT_NOTIFY_INTERVAL),
+        coordination: settings.coordination.unwrap_or_default(),
         http,
         hub_origin,
         clock,

@@ -15,8 +15,8 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use super::{
-    AgentSetup, Created, Listing, MAX_NOTE, NewNote, Newest, Note, RunFilter, Vault, VaultError,
-    normalize,
+    AgentSetup, Created, Listing, MAX_NOTE, NewNote, Newest, Note, Patched, RunFilter, Vault,
+    VaultError, normalize,
 };
 use crate::files;
 use crate::job;
@@ -164,6 +164,7 @@ impl DirVault {
             content,
             tags,
             metadata,
+            updated_at: created_at.clone(),
             created_at,
             byte_size: None,
         }
@@ -259,6 +260,19 @@ impl Vault for DirVault {
         Ok(runs.finish())
     }
 
+    fn list_index(&self, _tag: &str) -> Result<Vec<Note>, VaultError> {
+        Err(unsupported("listing notes by tag"))
+    }
+
+    fn patch_metadata(
+        &self,
+        path: &str,
+        _metadata: &serde_json::Map<String, Value>,
+        _if_updated_at: &str,
+    ) -> Result<Patched, VaultError> {
+        Err(unsupported(&format!("updating note {path}")))
+    }
+
     fn agent_setup(&self) -> AgentSetup {
         AgentSetup {
             mcp_config: "{\"mcpServers\":{}}\n".to_string(),
@@ -328,6 +342,16 @@ fn read_head(file: &Path) -> Option<String> {
 fn read_limited(file: &Path) -> io::Result<String> {
     let buf = files::read_capped(file, MAX_NOTE)?;
     String::from_utf8(buf).map_err(|_| io::Error::other("not UTF-8 text"))
+}
+
+/// What a folder cannot do: conditional updates, for coordination across
+/// hosts (the config refuses that combination before it gets here).
+fn unsupported(what: &str) -> VaultError {
+    VaultError::Io {
+        what: what.to_string(),
+        detail: "a folder vault does not support it (coordination \"vault\" needs a vault server)"
+            .to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ pub struct Note {
     pub metadata: Option<Value>,
     #[serde(default)]
     pub created_at: Option<String>,
+    /// `updatedAt`, exactly as the vault wrote it (it goes back in
+    /// `if_updated_at`).
+    #[serde(default)]
+    pub updated_at: Option<String>,
     /// `byteSize` of a listing without content.
     #[serde(default)]
     pub byte_size: Option<u64>,
@@ -126,6 +130,17 @@ pub enum Created {
     Conflict,
 }
 
+/// The answer to a conditional update.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Patched {
+    /// Written: the note as it is now.
+    Updated(Note),
+    /// The note changed since the `updatedAt` given (409): nothing written.
+    Conflict,
+    /// No such note (404).
+    Missing,
+}
+
 /// What the agent gets to reach the vault.
 #[derive(Clone, Debug)]
 pub struct AgentSetup {
@@ -211,6 +226,18 @@ pub trait Vault: Send + Sync {
     /// Output notes (tagged `job-run`) that `filter` keeps, newest first,
     /// at most `limit`.
     fn list_runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Note>, VaultError>;
+    /// Every note tagged `tag`, without content (metadata and `updatedAt`
+    /// only).
+    fn list_index(&self, tag: &str) -> Result<Vec<Note>, VaultError>;
+    /// Merges `metadata` into the note at `path` (shallowly: keys given
+    /// replace those keys), only if it was not updated since
+    /// `if_updated_at`.
+    fn patch_metadata(
+        &self,
+        path: &str,
+        metadata: &Map<String, Value>,
+        if_updated_at: &str,
+    ) -> Result<Patched, VaultError>;
     /// How the agent reaches this vault.
     fn agent_setup(&self) -> AgentSetup;
     /// For logs: the URL or folder, never a credential.

@@ -6,11 +6,11 @@
 //! ever put in the Authorization header: never in a URL, a log line or an
 //! error.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{
-    AgentSetup, Created, Listing, MAX_NOTE, NewNote, Newest, Note, RunFilter, Timeouts, Vault,
-    VaultError,
+    AgentSetup, Created, Listing, MAX_NOTE, NewNote, Newest, Note, Patched, RunFilter, Timeouts,
+    Vault, VaultError,
 };
 use crate::secrets::{Secret, scrub};
 
@@ -280,6 +280,42 @@ impl Vault for RestVault {
             &mut Vec::new(),
         )?;
         Ok(runs.finish())
+    }
+
+    fn list_index(&self, tag: &str) -> Result<Vec<Note>, VaultError> {
+        let mut notes = Vec::new();
+        self.page_tagged(tag, false, |note| notes.push(note), &mut Vec::new())?;
+        Ok(notes)
+    }
+
+    fn patch_metadata(
+        &self,
+        path: &str,
+        metadata: &Map<String, Value>,
+        if_updated_at: &str,
+    ) -> Result<Patched, VaultError> {
+        let what = format!("updating note {path}");
+        let body = serde_json::json!({ "metadata": metadata, "if_updated_at": if_updated_at });
+        let url = format!("{}/notes/{}", self.api, crate::percent::encode(path));
+        let response = self
+            .agent
+            .patch(&url)
+            .header("Authorization", self.auth())
+            .content_type("application/json")
+            .send(body.to_string().as_bytes())
+            .map_err(|e| unreachable(&what, &self.vault_url, &e))?;
+        let (status, body) = read_body(&what, &self.vault_url, response)?;
+        match status {
+            200..=299 => serde_json::from_slice(&body)
+                .map(Patched::Updated)
+                .map_err(|e| VaultError::Malformed {
+                    what,
+                    detail: format!("the note is not of the expected shape: {e}"),
+                }),
+            409 => Ok(Patched::Conflict),
+            404 => Ok(Patched::Missing),
+            _ => Err(status_error(&what, status, &body)),
+        }
     }
 
     fn agent_setup(&self) -> AgentSetup {
