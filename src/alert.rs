@@ -77,6 +77,18 @@ pub struct Message {
     pub note: String,
 }
 
+/// A notice's reason: the failure's one line, or what a recovery recovered
+/// from.
+pub fn reason(notice: Notice, error: Option<&str>) -> String {
+    match notice {
+        Notice::Failed => error.unwrap_or("failed").to_string(),
+        Notice::Recovered { failures, since } => format!(
+            "after {failures} failed run{} since {since:.0}",
+            if failures == 1 { "" } else { "s" }
+        ),
+    }
+}
+
 impl Message {
     /// One line for people: `jobs/x failed: <reason>`.
     pub fn summary(&self) -> String {

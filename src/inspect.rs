@@ -11,6 +11,7 @@ use crate::instant::in_zone;
 use crate::job::{self, Job, JobError};
 use crate::schedule::{Schedule, Zone};
 use crate::template;
+use crate::text::push_line;
 use crate::vault::dir::DirVault;
 use crate::vault::{Note, Vault};
 use crate::{EXIT_JOB_FAILED, EXIT_OK, print};
@@ -125,30 +126,28 @@ pub fn validate(args: &ValidateArgs, env: &Env) -> Result<u8, Error> {
         for f in &findings {
             match &f.job {
                 Ok(job) => {
-                    let _ = write!(
-                        out,
+                    let mut line = format!(
                         "ok: {}: schedule {:?} in {}",
                         f.path, job.schedule_text, job.zone.name
                     );
                     if job.disabled {
-                        out.push_str(" (disabled)");
+                        line.push_str(" (disabled)");
                     }
                     let nexts: Vec<String> = next_three(job, now)
                         .into_iter()
                         .map(|t| in_zone(t, &job.zone.tz))
                         .collect();
                     if nexts.is_empty() {
-                        out.push_str("; never fires on its own (manual)\n");
+                        line.push_str("; never fires on its own (manual)");
                     } else {
-                        let _ = writeln!(out, "; next {}", nexts.join(", "));
+                        let _ = write!(line, "; next {}", nexts.join(", "));
                     }
+                    push_line(&mut out, &line);
                 }
-                Err(e) => {
-                    let _ = writeln!(out, "{e}");
-                }
+                Err(e) => push_line(&mut out, &e.to_string()),
             }
             for w in &f.warnings {
-                let _ = writeln!(out, "warning: {}: {w}", f.path);
+                push_line(&mut out, &format!("warning: {}: {w}", f.path));
             }
         }
         print(&out)?;

@@ -221,7 +221,11 @@ fn table(rows: &[Value]) -> String {
     };
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| (0..7).map(|i| cell(r, i)).collect())
+        .map(|r| {
+            (0..7)
+                .map(|i| crate::text::shown(&cell(r, i)).into_owned())
+                .collect()
+        })
         .collect();
     let widths: Vec<usize> = (0..6)
         .map(|i| {
@@ -272,7 +276,7 @@ pub fn pause(args: &PauseArgs, env: &Env) -> Result<u8, Error> {
         by: env.get("USER").unwrap_or("cli").to_string(),
         at: rt.clock.now(),
     });
-    rt.store.set_paused(&args.jobs, paused)?;
+    rt.store.set_paused(&args.jobs, paused, rt.clock.now())?;
     let verb = if args.resume { "resumed" } else { "paused" };
     let mut out = String::new();
     for path in &args.jobs {

@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::instant::in_zone;
 use crate::job::{Job, JobError};
 use crate::run::{self, Claimed, Report};
+use crate::text::push_line;
 use crate::{EXIT_JOB_FAILED, EXIT_OK, os, recover};
 
 /// What happened to one job in this pass.
@@ -431,7 +432,7 @@ fn dry_run(args: &OnceArgs, rt: &Runtime) -> Result<u8, Error> {
             let listing = rt.vault.list_jobs()?;
             for (path, reason) in &listing.skipped {
                 invalid += 1;
-                let _ = writeln!(text, "invalid job at {path}: {reason}");
+                push_line(&mut text, &format!("invalid job at {path}: {reason}"));
             }
             listing.notes
         }
@@ -443,7 +444,7 @@ fn dry_run(args: &OnceArgs, rt: &Runtime) -> Result<u8, Error> {
             Ok(job) => job,
             Err(e) => {
                 invalid += 1;
-                let _ = writeln!(text, "{e}");
+                push_line(&mut text, &e.to_string());
                 rows.insert(
                     e.path.clone(),
                     json!({"path": e.path, "decision": "invalid", "error": e.to_string()}),
@@ -477,18 +478,18 @@ fn dry_run(args: &OnceArgs, rt: &Runtime) -> Result<u8, Error> {
             rt.date_override,
         );
         let local = |t: jiff::Timestamp| in_zone(t, &job.zone.tz);
-        let _ = write!(text, "{}: {what}", job.path);
+        let mut line = format!("{}: {what}", job.path);
         if let (Some(slot), Some(trigger)) = (slot, trigger) {
-            let _ = write!(text, " ({trigger}, slot {})", local(slot));
+            let _ = write!(line, " ({trigger}, slot {})", local(slot));
         } else if let Some(trigger) = trigger {
-            let _ = write!(text, " ({trigger})");
+            let _ = write!(line, " ({trigger})");
         }
-        let _ = write!(text, "; next {}", next.map_or("never".to_string(), local));
-        let _ = write!(text, "; output {}", info.output_path);
+        let _ = write!(line, "; next {}", next.map_or("never".to_string(), local));
+        let _ = write!(line, "; output {}", info.output_path);
         if let Err(e) = &prompt {
-            let _ = write!(text, " ({})", e.error);
+            let _ = write!(line, " ({})", e.error);
         }
-        text.push('\n');
+        push_line(&mut text, &line);
         rows.insert(
             job.path.clone(),
             json!({

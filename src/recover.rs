@@ -13,7 +13,7 @@ use crate::alert::{self, Message};
 use crate::contain;
 use crate::engine::Runtime;
 use crate::files;
-use crate::health::{Health, Notice};
+use crate::health::Health;
 use crate::note::{self, RunInfo};
 use crate::os;
 use crate::outbox::OUTBOX_DIR;
@@ -78,9 +78,21 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<Message> {
                 }
             },
         };
-        let mut interrupted_note = None;
+        // What a notice of the run says: its note and its reason.
+        let mut told: (String, Option<String>) = (String::new(), None);
         let status = match (rt.outbox.read(&running.run_id), delivered) {
-            (Some(queued), _) => queued.ok,
+            (Some(queued), _) => {
+                let error = queued
+                    .note
+                    .metadata
+                    .get("run_error")
+                    .and_then(|v| v.as_str());
+                told = (
+                    alert::cut(&queued.note.content, alert::STDIN_CAP),
+                    error.map(String::from),
+                );
+                queued.ok
+            }
             (None, Some(ok)) => {
                 log::warn!(
                     "{path}: run {} finished and its note is in the vault, but its record was missing; recorded it now",
@@ -105,7 +117,10 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<Message> {
                     },
                 };
                 let note = note::interrupted(&info, INTERRUPTED, now);
-                interrupted_note = Some(note.content.clone());
+                told = (
+                    alert::cut(&note.content, alert::STDIN_CAP),
+                    Some(INTERRUPTED.to_string()),
+                );
                 if let Err(e) = rt.outbox.spool(path, false, &note, now, false) {
                     log::error!(
                         "{path}: could not queue the interrupted note of run {}: {e}",
@@ -138,17 +153,22 @@ pub fn recover(rt: &Runtime, locked: &mut Locked) -> Vec<Message> {
                 now,
                 rt.notifier.interval,
             );
-        // Only the runs settled as interrupted are news: a run whose note
-        // was queued told its own notice when it ended.
-        if let (Some(Notice::Failed), Some(note)) = (notice, interrupted_note) {
+        // A run settled here was not recorded when it ended, so its
+        // notice (if any) was not decided then either.
+        if let Some(notice) = notice {
+            let (note, error) = told;
             notices.push(Message {
-                notice: Notice::Failed,
+                reason: alert::reason(notice, error.as_deref()),
+                notice,
                 job_path: path.clone(),
                 run_id: running.run_id.clone(),
-                reason: INTERRUPTED.to_string(),
-                output_path: format!("{}.failed", running.output_path),
+                output_path: if status {
+                    running.output_path.clone()
+                } else {
+                    format!("{}.failed", running.output_path)
+                },
                 cost_usd: None,
-                note: alert::cut(&note, alert::STDIN_CAP),
+                note,
             });
         }
     }

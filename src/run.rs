@@ -446,18 +446,11 @@ fn tell(
         ping.finish(report.ok, &summary, stderr_tail);
     }
     let Some(notice) = notice else { return };
-    let reason = match notice {
-        Notice::Failed => report.error.clone().unwrap_or_default(),
-        Notice::Recovered { failures, since } => format!(
-            "after {failures} failed run{} since {since:.0}",
-            if failures == 1 { "" } else { "s" }
-        ),
-    };
     rt.notifier.send(Message {
+        reason: alert::reason(notice, report.error.as_deref()),
         notice,
         job_path: report.job_path.clone(),
         run_id: report.run_id.clone(),
-        reason,
         output_path: report
             .written_to
             .clone()

@@ -1,8 +1,9 @@
 //! `runs` (SPEC §8): the run history, from the vault's `job-run` notes,
-//! newest first — start time (in the default zone), job, trigger, status,
+//! newest first — start time (in the job's zone), job, trigger, status,
 //! duration, cost, output path and, for failures, the reason. `--json`
 //! keeps instants in UTC.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
@@ -11,6 +12,8 @@ use crate::cli::RunsArgs;
 use crate::config::Env;
 use crate::error::Error;
 use crate::instant::in_zone;
+use crate::job::Job;
+use crate::schedule::Zone;
 use crate::vault::{Note, RunFilter};
 use crate::{EXIT_OK, once, print};
 
@@ -88,12 +91,23 @@ pub fn runs(args: &RunsArgs, env: &Env) -> Result<u8, Error> {
         print("no runs\n")?;
         return Ok(EXIT_OK);
     }
-    let tz = &config.timezone.tz;
+    // Each run's time in its job's zone (SPEC §8); a job gone or broken
+    // since, in the config's.
+    let zones: HashMap<String, Zone> = match rt.vault.list_jobs() {
+        Ok(listing) => listing
+            .notes
+            .iter()
+            .filter_map(|n| Job::from_note(n, &config.timezone).ok())
+            .map(|job| (job.path, job.zone))
+            .collect(),
+        Err(_) => HashMap::new(),
+    };
     let rows: Vec<[String; 8]> = runs
         .iter()
         .map(|r| {
-            [
-                in_zone(r.started, tz),
+            let tz = zones.get(&r.job).unwrap_or(&config.timezone);
+            let cells: [String; 8] = [
+                in_zone(r.started, &tz.tz),
                 if paused.contains_key(&r.job) {
                     format!("{} (paused)", r.job)
                 } else {
@@ -106,7 +120,8 @@ pub fn runs(args: &RunsArgs, env: &Env) -> Result<u8, Error> {
                 r.cost_usd.map_or("-".to_string(), |c| format!("${c:.4}")),
                 r.output.clone(),
                 r.reason.clone().unwrap_or_default(),
-            ]
+            ];
+            cells.map(|c| crate::text::shown(&c).into_owned())
         })
         .collect();
     const HEAD: [&str; 8] = [

@@ -351,7 +351,15 @@ impl Store {
     }
 
     /// Pauses (`Some`) or resumes (`None`) jobs.
-    pub fn set_paused(&self, paths: &[String], paused: Option<Paused>) -> Result<(), StateError> {
+    /// Pauses (`Some`) or resumes (`None`) jobs at `now`. A resume moves
+    /// `checked_through` to `now`: the slots that passed while paused are
+    /// skipped, even when no pass saw the job paused (SPEC §7.5).
+    pub fn set_paused(
+        &self,
+        paths: &[String],
+        paused: Option<Paused>,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
         let mut locked = self.lock()?;
         for path in paths {
             match &paused {
@@ -359,7 +367,11 @@ impl Store {
                     locked.state.paused.insert(path.clone(), p.clone());
                 }
                 None => {
-                    locked.state.paused.remove(path);
+                    if locked.state.paused.remove(path).is_some()
+                        && let Some(entry) = locked.state.jobs.get_mut(path)
+                    {
+                        entry.checked_through = entry.checked_through.max(now);
+                    }
                 }
             }
         }

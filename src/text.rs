@@ -31,6 +31,13 @@ pub fn shown(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Appends `line` as `shown` (a newline in it cannot start another
+/// line), then a line break.
+pub fn push_line(out: &mut String, line: &str) {
+    out.push_str(&shown(line));
+    out.push('\n');
+}
+
 /// Each line of `text` as `shown`, the line breaks kept.
 pub fn shown_lines(text: &str) -> Cow<'_, str> {
     let clean = !text.chars().any(|c| c.is_control() && c != '\n')

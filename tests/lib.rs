@@ -7,6 +7,7 @@
 mod support;
 
 mod agent_results;
+mod alerts;
 mod cli;
 mod concurrency;
 mod cron;
@@ -15,8 +16,10 @@ mod fake_vault_selftest;
 mod faults;
 mod files;
 mod fuzz;
+mod hostile;
 mod hostile_http;
 mod once;
+mod operations;
 mod real_claude;
 mod real_claude_probe;
 mod secrets;

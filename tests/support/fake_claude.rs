@@ -24,6 +24,9 @@ pub struct FakeClaude {
     flood_bytes: Option<u64>,
     write_before_read: Option<u64>,
     echo_stdin: bool,
+    fill: Option<PathBuf>,
+    leak_stdin: bool,
+    script: Option<String>,
     /// Recorded cases, the Nth invocation replaying the Nth (the last one
     /// for any later invocation).
     in_turn: Vec<Fixture>,
@@ -128,6 +131,30 @@ impl FakeClaude {
         self
     }
 
+    /// After reading stdin, writes zeros to `file` until its filesystem
+    /// is full (the disk fills while the run goes on), then goes on.
+    pub fn fills_disk(mut self, file: &Path) -> FakeClaude {
+        self.fill = Some(file.to_path_buf());
+        self
+    }
+
+    /// Never reads stdin: starts a child in a session of its own
+    /// (`setsid`) that holds stdin open without reading it (its pid in
+    /// `setsid.pid`, stdout and stderr on /dev/null), then goes on without
+    /// reading stdin.
+    pub fn leaks_stdin(mut self) -> FakeClaude {
+        self.leak_stdin = true;
+        self
+    }
+
+    /// Runs this shell snippet after reading stdin (and after leaving the
+    /// grandchild, if asked), before printing: `$d` is the invocation's
+    /// record directory, `$@` the argv.
+    pub fn runs(mut self, snippet: &str) -> FakeClaude {
+        self.script = Some(snippet.to_string());
+        self
+    }
+
     /// Replays the recorded case `fixture` (e.g. `"api-529"`) of
     /// [`fixtures_dir`]: after reading stdin, prints the case's stdout file
     /// byte for byte (and its recorded stderr on stderr) and exits with its
@@ -172,9 +199,23 @@ impl FakeClaude {
         if let Some(n) = self.write_before_read {
             s.push_str(&format!("yes | head -c {n}\n"));
         }
-        s.push_str("cat > \"$d/stdin\"\n");
+        if self.leak_stdin {
+            s.push_str(
+                "setsid sh -c 'echo $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; exec sleep 300' sh \"$d/setsid.pid\" 0<&0 > /dev/null 2>&1 &\n",
+            );
+            s.push_str("while [ ! -e \"$d/setsid.pid\" ]; do sleep 0.05; done\n");
+        } else {
+            s.push_str("cat > \"$d/stdin\"\n");
+        }
+        if let Some(file) = &self.fill {
+            s.push_str(&format!("cat /dev/zero > {} 2> /dev/null\n", quote(file)));
+        }
         if self.grandchild {
             s.push_str("(trap '' TERM; exec sleep 300) > /dev/null 2>&1 &\necho $! > \"$d/grandchild.pid\"\n");
+        }
+        if let Some(snippet) = &self.script {
+            s.push_str(snippet);
+            s.push('\n');
         }
         if let Some(err) = &self.stderr {
             fs::write(dir.join("stderr.txt"), err).unwrap();

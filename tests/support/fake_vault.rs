@@ -165,6 +165,12 @@ pub enum Fault {
     /// Process the request (a create stores its note), then close the
     /// connection without answering: an answer lost on the way back.
     CloseAfterStore,
+    /// Answer with this status (as [`Fault::Status`]) and a JSON error
+    /// body that repeats the request's `Authorization` header, as a
+    /// careless vault or proxy might: `{"error":"<reason phrase>",
+    /// "message":"rejected credentials: Authorization: <header>"}`. The
+    /// request is not processed.
+    EchoAuthorization(u16),
 }
 
 /// The fake vault. Dropping it stops the server and closes every connection.
@@ -902,6 +908,22 @@ fn serve_connection(stream: TcpStream, shared: &Shared, generation: &Generation)
                     500
                 };
                 Reply::json(status, fault_status_body(status))
+            }
+            Some(Fault::EchoAuthorization(status)) => {
+                let status = if (200..=599).contains(&status) {
+                    status
+                } else {
+                    500
+                };
+                let header = request.header("authorization").unwrap_or("");
+                let body = Obj::new()
+                    .str("error", reason_phrase(status))
+                    .str(
+                        "message",
+                        &format!("rejected credentials: Authorization: {header}"),
+                    )
+                    .finish();
+                Reply::json(status, body)
             }
             Some(Fault::MalformedJson) => Reply::json(200, malformed_json(request.route())),
             Some(Fault::Stall(duration)) => {

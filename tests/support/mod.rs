@@ -6,6 +6,7 @@
 
 pub mod fake_anthropic;
 pub mod fake_claude;
+pub mod fake_endpoint;
 pub mod fake_hub;
 pub mod fake_vault;
 pub mod real_claude;
@@ -112,6 +113,29 @@ impl Runner {
             });
         }
         Ran(child.wait_with_output().unwrap())
+    }
+
+    /// Runs the process with stdout and stderr on one pipe, as `2>&1`
+    /// (what cron mails): the `Ran`'s stdout holds both, interleaved as
+    /// written, and its stderr is empty.
+    pub fn run_merged(mut self) -> Ran {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer);
+        let mut child = self.cmd.spawn().unwrap();
+        // The command holds the write ends: drop them, or the read below
+        // never sees the end.
+        drop(self.cmd);
+        let mut merged = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut merged).unwrap();
+        let status = child.wait().unwrap();
+        Ran(Output {
+            status,
+            stdout: merged,
+            stderr: Vec::new(),
+        })
     }
 
     /// Starts the process and returns it, for tests that signal it.
