@@ -742,6 +742,15 @@ mod tests {
             )
         });
         let canceller = rx.recv().unwrap();
+        // Once the shell has become `sleep`: a shell still starting up may
+        // not die of SIGINT (the stop sequence then goes on to SIGTERM).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::fs::read(format!("/proc/{}/cmdline", canceller.pid()))
+            .is_ok_and(|c| !c.starts_with(b"sleep"))
+            && std::time::Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(5));
+        }
         canceller.cancel("test");
         let out = handle.join().unwrap();
         assert_eq!(out.stopped, Some(Stopped::Cancelled("test".into())));

@@ -815,3 +815,167 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
     assert_eq!(vault.requests().len(), 2);
 }
+
+/// PATCH `{api}/notes/{encoded key}` with the right token.
+fn patch(vault: &FakeVault, key: &str, body: &Value) -> Answer {
+    patch_as(vault, key, body, &format!("Bearer {}", vault.token()))
+}
+
+fn patch_as(vault: &FakeVault, key: &str, body: &Value, auth: &str) -> Answer {
+    let key: String = key
+        .bytes()
+        .map(|b| match b {
+            b'/' => "%2F".to_string(),
+            b => (b as char).to_string(),
+        })
+        .collect();
+    answer(
+        agent()
+            .patch(format!("{}/vault/default/api/notes/{key}", vault.url()))
+            .header("Authorization", auth)
+            .content_type("application/json")
+            .send(body.to_string()),
+    )
+}
+
+#[test]
+fn patch_merges_metadata_shallowly_only_if_unchanged_since() {
+    let vault = FakeVault::start();
+    vault.add_note(
+        "jobs/runs/.runner/abc",
+        "state",
+        &["job-state"],
+        Some(json!({"job_path": "jobs/x", "claim": {"run_id": "r0", "host": "a"}})),
+    );
+    let first = get(&vault, "/notes/jobs%2Fruns%2F.runner%2Fabc").json();
+    let v1 = first["updatedAt"].as_str().unwrap().to_string();
+    // Without if_updated_at: 428, nothing written.
+    let refused = patch(
+        &vault,
+        "jobs/runs/.runner/abc",
+        &json!({"metadata": {"x": 1}}),
+    );
+    assert_eq!(refused.status, 428, "{}", refused.body);
+    assert_eq!(refused.json()["error_type"], "precondition_required");
+    // With the current version: merged (keys given replace those keys, a
+    // nested object whole; other keys stay), and the version moves.
+    let ok = patch(
+        &vault,
+        "jobs/runs/.runner/abc",
+        &json!({"metadata": {"claim": {"run_id": "r1"}, "checked_through": "T"}, "if_updated_at": v1}),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let note = ok.json();
+    assert_eq!(
+        note["metadata"],
+        json!({"job_path": "jobs/x", "claim": {"run_id": "r1"}, "checked_through": "T"})
+    );
+    let v2 = note["updatedAt"].as_str().unwrap().to_string();
+    assert!(v2 > v1, "{v1} then {v2}");
+    // The old version again: 409 with the vault's body, nothing written.
+    let stale = patch(
+        &vault,
+        "jobs/runs/.runner/abc",
+        &json!({"metadata": {"claim": null}, "if_updated_at": v1}),
+    );
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    let body = stale.json();
+    assert_eq!(body["error_type"], "conflict");
+    assert_eq!(body["error"], "conflict");
+    assert_eq!(body["current_updated_at"], v2.as_str());
+    assert_eq!(body["your_updated_at"], v1.as_str());
+    assert_eq!(body["path"], "jobs/runs/.runner/abc");
+    assert!(body["note_id"].is_string() && body["message"].is_string());
+    let now = get(&vault, "/notes/jobs%2Fruns%2F.runner%2Fabc").json();
+    assert_eq!(now["metadata"]["claim"], json!({"run_id": "r1"}));
+    // A null value is set as null (the key given replaces the key).
+    let cleared = patch(
+        &vault,
+        "jobs/runs/.runner/abc",
+        &json!({"metadata": {"claim": null}, "if_updated_at": v2}),
+    );
+    assert_eq!(cleared.status, 200, "{}", cleared.body);
+    assert_eq!(cleared.json()["metadata"]["claim"], Value::Null);
+}
+
+#[test]
+fn patch_conditional_updates_race_one_winner() {
+    let vault = FakeVault::start();
+    vault.add_note("n/race", "x", &["t"], Some(json!({"n": 0})));
+    let v = get(&vault, "/notes/n%2Frace").json()["updatedAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let winners: usize = thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (vault, v) = (&vault, v.clone());
+                s.spawn(move || {
+                    patch(
+                        vault,
+                        "n/race",
+                        &json!({"metadata": {"n": i}, "if_updated_at": v}),
+                    )
+                    .status
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap() == 200))
+            .sum()
+    });
+    assert_eq!(winners, 1);
+}
+
+#[test]
+fn patch_content_modes_tags_path_and_errors() {
+    let vault = FakeVault::start();
+    vault.add_note("n/a", "middle", &["keep", "drop"], None);
+    vault.add_note("n/taken", "other", &[], None);
+    // A pure append needs no if_updated_at.
+    let appended = patch(&vault, "n/a", &json!({"append": " end", "prepend": null}));
+    assert_eq!(appended.status, 200, "{}", appended.body);
+    assert_eq!(appended.json()["content"], "middle end");
+    let forced = patch(
+        &vault,
+        "n/a",
+        &json!({"content_edit": {"old_text": "middle", "new_text": "start"}, "tags": {"add": ["new"], "remove": ["drop"]}, "force": true}),
+    );
+    assert_eq!(forced.status, 200, "{}", forced.body);
+    let note = forced.json();
+    assert_eq!(note["content"], "start end");
+    assert_eq!(note["tags"], json!(["keep", "new"]));
+    let two = patch(
+        &vault,
+        "n/a",
+        &json!({"content": "x", "append": "y", "force": true}),
+    );
+    assert_eq!(two.status, 400);
+    assert_eq!(two.json()["error_type"], "mutually_exclusive");
+    let renamed = patch(&vault, "n/a", &json!({"path": "n/taken", "force": true}));
+    assert_eq!(renamed.status, 409);
+    assert_eq!(renamed.json()["error_type"], "path_conflict");
+    let moved = patch(&vault, "n/a", &json!({"path": "/n/b.md", "force": true}));
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_eq!(moved.json()["path"], "n/b");
+    assert_eq!(get(&vault, "/notes/n%2Fb").status, 200);
+    assert_eq!(get(&vault, "/notes/n%2Fa").status, 404);
+    assert_eq!(patch(&vault, "n/none", &json!({"force": true})).status, 404);
+    let bad = answer(
+        agent()
+            .patch(format!("{}/vault/default/api/notes/n%2Fb", vault.url()))
+            .header("Authorization", format!("Bearer {}", vault.token()))
+            .content_type("application/json")
+            .send("{broken"),
+    );
+    assert_eq!(bad.status, 500);
+    vault.add_read_only_token("pvt_read_only");
+    let denied = patch_as(
+        &vault,
+        "n/b",
+        &json!({"force": true}),
+        "Bearer pvt_read_only",
+    );
+    assert_eq!(denied.status, 403);
+}

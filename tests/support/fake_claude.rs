@@ -211,7 +211,9 @@ impl FakeClaude {
             s.push_str(&format!("cat /dev/zero > {} 2> /dev/null\n", quote(file)));
         }
         if self.grandchild {
-            s.push_str("(trap '' TERM; exec sleep 300) > /dev/null 2>&1 &\necho $! > \"$d/grandchild.pid\"\n");
+            // The pid file appears complete or not at all: an agent killed
+            // mid-write must not leave an empty one.
+            s.push_str("(trap '' TERM; exec sleep 300) > /dev/null 2>&1 &\necho $! > \"$d/grandchild.pid.tmp\"\nmv \"$d/grandchild.pid.tmp\" \"$d/grandchild.pid\"\n");
         }
         if let Some(snippet) = &self.script {
             s.push_str(snippet);

@@ -10,6 +10,14 @@
 //! - `GET /notes/{id or percent-encoded path}` — id first, then path.
 //! - `POST /notes` — 201 with the `Note`; path normalisation, 409 on a used
 //!   path, 400 `empty_note`, 500 for malformed JSON or wrong types.
+//! - `PATCH /notes/{id or path}` — 200 with the updated `Note`: `metadata`
+//!   merged shallowly, one of `content`/`append`/`prepend`/`content_edit`
+//!   (else 400 `mutually_exclusive`), `tags: {add, remove}`, `path` (409
+//!   `path_conflict`); `if_updated_at` other than the note's `updatedAt` →
+//!   409 `conflict` and nothing written; without it only a pure
+//!   `append`/`prepend` or `force: true` is accepted, else 428
+//!   `precondition_required`; 404 for a missing note. Every update moves
+//!   `updatedAt` (at least 1 ms), so a stale `if_updated_at` never matches.
 //! - `GET /health` and `GET /vault/{name}/api/health` — open, `{"status":"ok"}`.
 //!
 //! Choices where the vault's behaviour is not pinned down:
@@ -27,7 +35,7 @@
 //!   defaults. `preview` is the first 200 characters of the content.
 //! - A client-supplied `id` that is already used answers 500.
 //!
-//! Left out: updating and deleting notes over HTTP, the MCP endpoint, scopes
+//! Left out: deleting notes over HTTP, the MCP endpoint, scopes
 //! other than "read-only token cannot write" (see
 //! [`FakeVault::add_read_only_token`]), the vault's unstable ordering of notes
 //! created in the same millisecond, and persistence.
@@ -141,6 +149,8 @@ pub enum Route {
     Get,
     /// `POST /vault/*/api/notes`
     Create,
+    /// `PATCH /vault/*/api/notes/{one segment}`
+    Patch,
     /// Every request, including `/health` and unknown paths.
     Any,
 }
@@ -1257,6 +1267,7 @@ fn route_of(method: &str, path: &str) -> Option<Route> {
         ("GET", ["vault", _, "api", "notes"]) => Some(Route::List),
         ("POST", ["vault", _, "api", "notes"]) => Some(Route::Create),
         ("GET", ["vault", _, "api", "notes", _]) => Some(Route::Get),
+        ("PATCH", ["vault", _, "api", "notes", _]) => Some(Route::Patch),
         _ => None,
     }
 }
@@ -1290,7 +1301,12 @@ fn handle(shared: &Shared, request: &RecordedRequest) -> Reply {
                     "POST" => create_note(shared, &request.body),
                     _ => method_not_allowed("GET, POST"),
                 },
-                ["notes", key] => only(method, "GET", || get_note(shared, key)),
+                ["notes", key] => match method {
+                    "GET" => get_note(shared, key),
+                    "PATCH" if !can_write => Reply::json(403, forbidden_body()),
+                    "PATCH" => patch_note(shared, key, &request.body),
+                    _ => method_not_allowed("GET, PATCH"),
+                },
                 _ => Reply::json(404, error_body("Not found")),
             }
         }
@@ -1393,6 +1409,188 @@ fn get_note(shared: &Shared, key: &str) -> Reply {
         Some(note) => Reply::json(200, note_json(note)),
         None => Reply::json(404, error_body("Not found")),
     }
+}
+
+/// `PATCH /notes/{key}`, as vault-api.md describes the server's (0.3.6).
+fn patch_note(shared: &Shared, key: &str, body: &[u8]) -> Reply {
+    let internal = || Reply::json(500, error_body("Internal server error"));
+    let Some(key) = decode_path_segment(key) else {
+        return internal();
+    };
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return internal();
+    };
+    let typed_error = |status: u16, kind: &str, message: &str| {
+        let body = Obj::new()
+            .str("error_type", kind)
+            .str("error", kind)
+            .str("message", message)
+            .finish();
+        Reply::json(status, body)
+    };
+    let text = |name: &str| match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(()),
+    };
+    let (Ok(content), Ok(append), Ok(prepend), Ok(new_path), Ok(if_updated_at)) = (
+        text("content"),
+        text("append"),
+        text("prepend"),
+        text("path"),
+        text("if_updated_at"),
+    ) else {
+        return internal();
+    };
+    let edit = match fields.get("content_edit") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(e)) => match (e.get("old_text"), e.get("new_text")) {
+            (Some(Value::String(old)), Some(Value::String(new))) => {
+                Some((old.clone(), new.clone()))
+            }
+            _ => return internal(),
+        },
+        Some(_) => return internal(),
+    };
+    let metadata = match fields.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => return internal(),
+    };
+    let tag_list = |name: &str| -> Result<Vec<String>, ()> {
+        match fields.get("tags").and_then(|t| t.get(name)) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(String::from).ok_or(()))
+                .collect(),
+            Some(_) => Err(()),
+        }
+    };
+    let (Ok(add_tags), Ok(remove_tags)) = (tag_list("add"), tag_list("remove")) else {
+        return internal();
+    };
+    let force = fields.get("force") == Some(&Value::Bool(true));
+    let modes = [
+        content.is_some(),
+        append.is_some(),
+        prepend.is_some(),
+        edit.is_some(),
+    ]
+    .iter()
+    .filter(|m| **m)
+    .count();
+    if modes > 1 {
+        return typed_error(
+            400,
+            "mutually_exclusive",
+            "mutually_exclusive: give at most one of content, append, prepend, content_edit",
+        );
+    }
+    let pure_append = (append.is_some() || prepend.is_some())
+        && metadata.is_none()
+        && new_path.is_none()
+        && add_tags.is_empty()
+        && remove_tags.is_empty();
+    let mut state = shared.lock();
+    let Some(index) = state.find(&key) else {
+        return Reply::json(404, error_body("Not found"));
+    };
+    let current = state.notes[index].clone();
+    match &if_updated_at {
+        Some(theirs) if *theirs != current.updated_at => {
+            let body = Obj::new()
+                .str("error_type", "conflict")
+                .str("error", "conflict")
+                .str("current_updated_at", &current.updated_at)
+                .str("your_updated_at", theirs)
+                .str("expected_updated_at", &current.updated_at)
+                .str("note_id", &current.id)
+                .value(
+                    "path",
+                    &current.path.clone().map_or(Value::Null, Value::String),
+                )
+                .str(
+                    "message",
+                    "conflict: the note was updated since the updatedAt you gave; read it again",
+                )
+                .finish();
+            return Reply::json(409, body);
+        }
+        Some(_) => {}
+        None if pure_append || force => {}
+        None => {
+            return typed_error(
+                428,
+                "precondition_required",
+                "precondition_required: send if_updated_at (the updatedAt you last read), or force: true",
+            );
+        }
+    }
+    let mut note = current.clone();
+    if let Some(m) = metadata {
+        let mut merged = match note.metadata.take() {
+            Some(Value::Object(old)) => old,
+            _ => serde_json::Map::new(),
+        };
+        merged.extend(m);
+        note.metadata = (!merged.is_empty()).then_some(Value::Object(merged));
+    }
+    if let Some(c) = content {
+        note.content = c;
+    }
+    if let Some(a) = append {
+        note.content.push_str(&a);
+    }
+    if let Some(p) = prepend {
+        note.content.insert_str(0, &p);
+    }
+    if let Some((old, new)) = edit {
+        if !note.content.contains(&old) {
+            return typed_error(
+                400,
+                "edit_not_found",
+                "edit_not_found: old_text is not in the note",
+            );
+        }
+        note.content = note.content.replacen(&old, &new, 1);
+    }
+    note.tags.extend(add_tags);
+    note.tags.retain(|t| !remove_tags.contains(t));
+    note.tags.sort();
+    note.tags.dedup();
+    if let Some(p) = new_path {
+        let Some(p) = normalize_path(&p) else {
+            return internal();
+        };
+        if state.by_path.get(&p).is_some_and(|&i| i != index) {
+            let body = Obj::new()
+                .str("error_type", "path_conflict")
+                .str("error", "path_conflict")
+                .str("path", &p)
+                .str(
+                    "message",
+                    &format!("path_conflict: another note already uses path \"{p}\""),
+                )
+                .finish();
+            return Reply::json(409, body);
+        }
+        if let Some(old) = &note.path {
+            state.by_path.remove(old);
+        }
+        state.by_path.insert(p.clone(), index);
+        note.path = Some(p);
+    }
+    // The version always moves, even within one millisecond.
+    let mut stamp = state.next_stamp().created_at;
+    while stamp <= current.updated_at {
+        stamp = state.next_stamp().created_at;
+    }
+    note.updated_at = stamp;
+    state.notes[index] = note.clone();
+    drop(state);
+    shared.changed.notify_all();
+    Reply::json(200, note_json(&note))
 }
 
 fn create_note(shared: &Shared, body: &[u8]) -> Reply {
