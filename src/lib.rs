@@ -30,6 +30,7 @@ mod error;
 mod files;
 #[doc(hidden)]
 pub mod fuzz_targets;
+mod http;
 mod inspect;
 mod instant;
 mod job;

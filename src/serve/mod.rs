@@ -481,18 +481,26 @@ fn refetch(rt: &Runtime, paths: &[String]) -> Vec<Result<Option<Note>, String>> 
             .map(|p| rt.vault.get_note(p).map_err(|e| e.to_string()))
             .collect();
     }
+    let get = |p: &String| rt.vault.get_note(p).map_err(|e| e.to_string());
     let mut out: Vec<Result<Option<Note>, String>> = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(PARALLEL) {
         std::thread::scope(|scope| {
+            // A thread the OS refuses (a task limit): read on this one.
             let handles: Vec<_> = chunk
                 .iter()
-                .map(|p| scope.spawn(move || rt.vault.get_note(p).map_err(|e| e.to_string())))
+                .map(|p| {
+                    std::thread::Builder::new()
+                        .spawn_scoped(scope, move || get(p))
+                        .map_err(|_| p)
+                })
                 .collect();
             for h in handles {
-                out.push(
-                    h.join()
+                out.push(match h {
+                    Ok(h) => h
+                        .join()
                         .unwrap_or_else(|_| Err("re-read failed".to_string())),
-                );
+                    Err(p) => get(p),
+                });
             }
         });
     }
