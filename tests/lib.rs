@@ -6,6 +6,7 @@
 
 mod support;
 
+mod api_pressure;
 mod cli;
 mod concurrency;
 mod cron;
@@ -19,3 +20,4 @@ mod once;
 mod real_claude_probe;
 mod secrets;
 mod serve;
+mod serve_harness;
