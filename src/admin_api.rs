@@ -203,6 +203,7 @@ fn read_body(request: &mut Request<'_>) -> Result<Vec<u8>, Answer> {
 fn denied_answer(denied: &Denied) -> Answer {
     match denied {
         Denied::Unauthorized(message) => Answer::error(401, "unauthorized", message.clone()),
+        Denied::Unavailable(message) => Answer::error(503, "hub_unreachable", message.clone()),
         Denied::Forbidden { required, granted } => Answer::json(
             403,
             json!({

@@ -7,6 +7,7 @@
 mod support;
 
 mod api_pressure;
+mod auth_hub;
 mod cli;
 mod concurrency;
 mod cron;
