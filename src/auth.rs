@@ -3,9 +3,10 @@
 //!
 //! `verify` is pure: keys, revocation list and `now` come in as arguments.
 //! `Auth` adds the two caches (JWKS 5 min, revocation 60 s) and their
-//! fetching. Only RS256 is accepted, decided from the header before any
-//! key is touched: no `none`, no HMAC, so a public key can never be misused
-//! as a shared secret.
+//! fetching, and the local admin token (`runner/admin-token`). Only RS256
+//! is accepted, decided from the header before any key is touched: no
+//! `none`, no HMAC, so a public key can never be misused as a shared
+//! secret.
 //!
 //! A slow or dead hub never stalls the API (SPEC §9.4): no lock is held
 //! while the hub is asked; each document has at most one fetch in flight,
@@ -19,7 +20,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::io::Read as _;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -51,6 +54,8 @@ const RETRY_MIN: Duration = Duration::from_secs(10);
 const SLOW_FAILURE: Duration = Duration::from_secs(1);
 /// How far in the future `nbf` and `iat` may be (clock skew).
 pub const FUTURE_LEEWAY: i64 = 60;
+/// The local admin token's file, in `runner/` (SPEC §2).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// What a route needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -492,7 +497,8 @@ enum Want {
 /// keys change; expiry, revocation and scope are checked on every use.
 const VERIFIED_CAP: usize = 1024;
 
-/// Token checking with the hub's keys and revocation list, cached.
+/// Token checking with the hub's keys and revocation list, cached, and the
+/// local admin token.
 pub struct Auth {
     inner: Arc<Inner>,
 }
@@ -503,6 +509,8 @@ struct Inner {
     keys: Source<Keys>,
     revoked: Source<Revoked>,
     verified: Mutex<HashMap<[u8; 32], Claims>>,
+    /// SHA-256 of the local admin token, once `serve` has it.
+    local: OnceLock<[u8; 32]>,
 }
 
 impl Auth {
@@ -519,8 +527,15 @@ impl Auth {
                 keys: Source::new(),
                 revoked: Source::new(),
                 verified: Mutex::new(HashMap::new()),
+                local: OnceLock::new(),
             }),
         }
+    }
+
+    /// Accepts `token` (the content of `runner/admin-token`) with admin
+    /// scope, without the hub.
+    pub fn allow_local_admin(&self, token: &str) {
+        let _ = self.inner.local.set(digest(token));
     }
 
     /// Checks the `Authorization` header value for a route.
@@ -542,6 +557,16 @@ impl Auth {
                 _ => return Err(unauthorized("expected an Authorization: Bearer token")),
             },
         };
+        if self.is_local_admin(token) {
+            let claims = Claims {
+                jti: "local-admin-token".to_string(),
+                scopes: vec![ADMIN.to_string()],
+                sub: Some("local-admin".to_string()),
+                exp: i64::MAX,
+            };
+            check_scope(&claims, need)?;
+            return Ok(claims);
+        }
         let claims = self.verified(token, now)?;
         match self.inner.get::<Revoked>(Want::Current) {
             Ok(list) if list.0.contains(&claims.jti) => {
@@ -557,6 +582,19 @@ impl Auth {
         }
         check_scope(&claims, need)?;
         Ok(claims)
+    }
+
+    /// Compares digests, so the time taken says nothing about the token.
+    fn is_local_admin(&self, token: &str) -> bool {
+        let Some(want) = self.inner.local.get() else {
+            return false;
+        };
+        let got = digest(token);
+        let differ = want
+            .iter()
+            .zip(got.iter())
+            .fold(0u8, |acc, (a, b)| std::hint::black_box(acc | (a ^ b)));
+        differ == 0
     }
 
     /// The claims of a token, from the cache of verified tokens or checked
@@ -759,6 +797,91 @@ impl Inner {
     }
 }
 
+/// Loads `runner/admin-token` (SPEC §2, §9.4), creating it on first start:
+/// 32 random bytes from the OS as hex, written 0600 atomically, never over
+/// an existing one. Returns the token and whether it was created. An
+/// unreadable or malformed file is an error: it is never replaced.
+pub fn admin_token(runner_dir: &Path) -> Result<(String, bool), String> {
+    let path = runner_dir.join(ADMIN_TOKEN_FILE);
+    // A second round only if another process created it meanwhile.
+    for _ in 0..2 {
+        if let Some(token) = read_admin_token(&path)? {
+            return Ok((token, false));
+        }
+        let mut bytes = [0u8; 32];
+        crate::random::fill(&mut bytes)
+            .map_err(|e| format!("cannot make {}: {e}", path.display()))?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        crate::files::create_private_dir(runner_dir)
+            .map_err(|e| format!("cannot create {}: {e}", runner_dir.display()))?;
+        match crate::files::write_new(&path, format!("{token}\n").as_bytes()) {
+            Ok(true) => return Ok((token, true)),
+            Ok(false) => {}
+            Err(e) => return Err(format!("cannot write {}: {e}", path.display())),
+        }
+    }
+    Err(format!("{}: cannot be created or read", path.display()))
+}
+
+fn read_admin_token(path: &Path) -> Result<Option<String>, String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // Non-blocking, so that even a FIFO in its place cannot hang the start.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "cannot read {}: not a regular file",
+            path.display()
+        ));
+    }
+    {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "{} is readable by others (mode {mode:03o}): chmod 600 it",
+                path.display()
+            );
+        }
+    }
+    let mut bytes = Vec::new();
+    file.take(4097)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes).unwrap_or_default();
+    parse_admin_token(&text).map(Some).map_err(|e| {
+        format!(
+            "{}: {e}; fix it, or delete it to have serve make a new one",
+            path.display()
+        )
+    })
+}
+
+/// The token in an admin-token file: one line of 32 to 1024 characters
+/// from the base64url / hex alphabet (a trailing newline is fine).
+pub fn parse_admin_token(text: &str) -> Result<String, &'static str> {
+    let token = text.trim();
+    if !(32..=1024).contains(&token.len()) {
+        return Err("malformed admin token: expected one line of 32 to 1024 characters");
+    }
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+    {
+        return Err("malformed admin token: only A-Z a-z 0-9 - . _ ~ + / = may appear in it");
+    }
+    Ok(token.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,6 +950,55 @@ mod tests {
         assert!(Arc::ptr_eq(&again, &stale));
         hub.set_nonblocking(true).unwrap();
         assert!(hub.accept().is_err(), "a second fetch was started");
+    }
+
+    #[test]
+    fn the_admin_token_is_made_once_and_checked() {
+        let dir = std::env::temp_dir().join(format!("pr-admin-token-{}", crate::random::hex(6)));
+        let (token, created) = admin_token(&dir).unwrap();
+        assert!(created);
+        assert_eq!(token.len(), 64);
+        let path = dir.join(ADMIN_TOKEN_FILE);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(admin_token(&dir).unwrap(), (token.clone(), false));
+        std::fs::write(&path, "nope\n").unwrap();
+        let err = admin_token(&dir).unwrap_err();
+        assert!(err.contains("malformed admin token"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "nope\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let auth = Auth::new("http://127.0.0.1:9".into());
+        let header = format!("Bearer {token}");
+        assert!(
+            auth.check(Some(&header), Need::Admin, Timestamp::now())
+                .is_err()
+        );
+        auth.allow_local_admin(&token);
+        let claims = auth
+            .check(Some(&header), Need::Admin, Timestamp::now())
+            .unwrap();
+        assert_eq!(claims.scopes, vec![ADMIN.to_string()]);
+        assert!(matches!(
+            auth.check(
+                Some(&format!("Bearer {}", &token[1..])),
+                Need::Read,
+                Timestamp::now()
+            ),
+            Err(Denied::Unauthorized(_))
+        ));
+    }
+
+    #[test]
+    fn admin_token_text() {
+        assert!(parse_admin_token(&format!("{}\n", "a".repeat(32))).is_ok());
+        assert!(parse_admin_token(&"a".repeat(31)).is_err());
+        assert!(parse_admin_token(&"a".repeat(1025)).is_err());
+        assert!(parse_admin_token(&format!("{} b", "a".repeat(40))).is_err());
+        assert!(parse_admin_token(&format!("{}\n{}", "a".repeat(40), "b".repeat(40))).is_err());
     }
 
     #[test]

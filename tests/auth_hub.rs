@@ -1,15 +1,16 @@
-//! `serve`'s auth against a hub that hangs (SPEC §9.4), and `nbf`/`iat` —
-//! the binary as a process. What is asserted is
+//! `serve`'s auth against a hub that hangs (SPEC §9.4), `nbf`/`iat`, and
+//! the local admin token — the binary as a process. What is asserted is
 //! what can be seen without timing: how many fetches reached the hub,
 //! which answers came, and which requests were answered while a fetch was
 //! still held by the hub. How long requests take is bench/'s.
 
 use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::serve_harness::{Serve, launch, serve_command};
+use crate::serve_harness::{Serve, launch, run_to_end, serve_command};
 use crate::support::fake_hub::{self, Doc, FakeHub, KID};
 use crate::support::world::{World, job};
 
@@ -183,4 +184,130 @@ fn nbf_and_iat_more_than_a_minute_ahead_are_refused() {
         Some(&fake_hub::sign(&header, &c, fake_hub::published_key())),
     );
     assert_eq!(status, 401);
+}
+
+/// A port nothing listens on: no hub at all.
+fn no_hub() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn the_admin_token_is_made_once_kept_and_opens_admin_routes_without_a_hub() {
+    let w = World::new("admin-token");
+    w.vault.add_job("jobs/a", &job("manual", ""));
+    let file = w.home.join("runner/admin-token");
+    assert!(!file.exists());
+    let mut s = serve_with(&w, &no_hub(), &[]);
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let token = text.trim().to_string();
+    assert_eq!(token.len(), 64, "{text:?}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    // Admin scope, with no hub anywhere.
+    let (status, body) = s.send(
+        "PUT",
+        "/.parachute/config",
+        Some(&token),
+        br#"{"poll_interval_seconds": 30}"#,
+    );
+    assert_eq!(status, 200, "{body}\n{}", s.log());
+    let (status, body) = s.send("POST", "/runner/jobs/jobs%2Fa/run-now", Some(&token), b"");
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    assert_eq!(s.get("/runner/jobs", Some(&token)).0, 200);
+    // A wrong one is refused (no hub needed to say so).
+    let wrong = "0".repeat(64);
+    let (status, body) = s.get("/runner/jobs", Some(&wrong));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    let (status, _) = s.get("/runner/jobs", Some(&token[..63]));
+    assert_eq!(status, 401);
+    // Its place is logged, never the token.
+    let log = s.log();
+    assert!(log.contains("local admin token created in"), "{log}");
+    assert!(log.contains(&file.display().to_string()), "{log}");
+    assert!(!log.contains(&token), "{log}");
+    assert!(s.sigterm().is_some_and(|st| st.success()));
+    // A restart keeps it.
+    let s = serve_with(&w, &no_hub(), &[]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    assert_eq!(s.get("/runner/jobs", Some(&token)).0, 200);
+    assert!(s.log().contains("local admin token in"), "{}", s.log());
+    assert!(!s.log().contains(&token));
+}
+
+#[test]
+fn the_admin_token_never_asks_the_hub() {
+    let w = World::new("admin-token-hub");
+    let hub = FakeHub::start();
+    let s = serve_with(&w, hub.url(), &[]);
+    let token = std::fs::read_to_string(w.home.join("runner/admin-token")).unwrap();
+    for _ in 0..3 {
+        assert_eq!(s.get("/runner/jobs", Some(token.trim())).0, 200);
+    }
+    assert_eq!((hub.jwks_fetches(), hub.revocation_fetches()), (0, 0));
+    // Hub tokens still work beside it.
+    assert_eq!(
+        s.get("/runner/jobs", Some(&hub.token("runner:read"))).0,
+        200
+    );
+}
+
+#[test]
+fn a_folder_vault_user_runs_jobs_with_the_admin_token() {
+    let w = World::new("admin-token-dir");
+    let notes = w.home.join("notes");
+    std::fs::create_dir_all(notes.join("jobs")).unwrap();
+    std::fs::write(
+        notes.join("jobs/x.md"),
+        "---\ntags: [job]\nschedule: manual\nmodel: m\nallowed_tools: Read\n---\nhi",
+    )
+    .unwrap();
+    let s = serve_with(&w, &no_hub(), &["--vault-dir".as_ref(), notes.as_os_str()]);
+    let token = std::fs::read_to_string(w.home.join("runner/admin-token")).unwrap();
+    let token = token.trim();
+    // Listed once the first poll is done.
+    assert!(
+        crate::support::world::eventually(SOON, || {
+            let (status, jobs) = s.get("/runner/jobs", Some(token));
+            status == 200 && jobs["jobs"][0]["jobPath"] == "jobs/x"
+        }),
+        "{}",
+        s.log()
+    );
+    let (status, body) = s.send("POST", "/runner/jobs/jobs%2Fx/run-now", Some(token), b"");
+    assert_eq!(status, 200, "{body}\n{}", s.log());
+    assert_eq!(body["status"], "ok", "{body}");
+}
+
+#[test]
+fn a_malformed_or_unreadable_admin_token_stops_serve() {
+    let w = World::new("admin-token-bad");
+    let file = w.home.join("runner/admin-token");
+    for (content, says) in [
+        ("short\n", "malformed admin token"),
+        (
+            "has spaces in it and is long enough to pass the length\n",
+            "malformed admin token",
+        ),
+    ] {
+        std::fs::write(&file, content).unwrap();
+        let (status, stderr) = run_to_end(serve_command(w.home.path(), &no_hub(), &[]));
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+        // Never replaced.
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), content);
+    }
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let (status, stderr) = run_to_end(serve_command(w.home.path(), &no_hub(), &[]));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot read"), "{stderr}");
 }

@@ -29,7 +29,7 @@ use crate::job::Job;
 use crate::metrics::{Gauges, Metrics};
 use crate::run::Claimed;
 use crate::vault::Note;
-use crate::{EXIT_OK, admin_api, http, os, registration};
+use crate::{EXIT_OK, admin_api, auth, http, os, registration};
 
 mod admin;
 mod runs;
@@ -110,7 +110,16 @@ pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
     let config = config::load(env, &overrides)?;
     let crash = config::crash_hook(env).map_err(|p| Error::Fatal(p.to_string()))?;
     os::raise_fd_limit();
+    let runner_dir = config.paths.runner_dir.clone();
+    let (admin_token, created) = auth::admin_token(&runner_dir).map_err(Error::Fatal)?;
     let daemon = Arc::new(Daemon::new(config, env.clone(), overrides));
+    daemon.auth.allow_local_admin(&admin_token);
+    drop(admin_token);
+    log::info!(
+        "local admin token {} {}: send it as Authorization: Bearer <token>",
+        if created { "created in" } else { "in" },
+        runner_dir.join(auth::ADMIN_TOKEN_FILE).display()
+    );
 
     let limits = http::Limits::for_process();
     let server = http::Server::bind(&args.host, args.port, limits)
