@@ -16,20 +16,23 @@
 //!   descriptor is closed so the pending connection can be accepted and
 //!   refused (else the backlog fills and clients hang), then reopened;
 //!   other errors pause the loop briefly.
-//! - One request per connection (`Connection: close`). The request line
-//!   and headers must arrive within [`Limits::head_time`] of the accept
-//!   (a slowloris sending a byte at a time is dropped then), the body
-//!   within [`Limits::body_time`], the answer must be taken within
+//! - HTTP/1.1 keep-alive while connections are plentiful (at most half
+//!   the cap in use), for up to 1000 requests and 20 s between them; else
+//!   `Connection: close` after the answer. The request line and headers
+//!   must arrive within [`Limits::head_time`] of the accept (on a kept
+//!   connection, of the idle wait's end): a slowloris sending a byte at a
+//!   time is answered 408 and dropped. The body must arrive within
+//!   [`Limits::body_time`], the answer be taken within
 //!   [`Limits::write_time`].
 //! - Request line + headers are kept up to [`MAX_HEAD`]; a larger head is
 //!   read on (not kept, up to 1 MiB) so the request can still be answered,
 //!   and the handler is told ([`Request::head_too_large`]). Bodies are
 //!   `Content-Length` only: a `Transfer-Encoding` is 411 (400 beside a
 //!   `Content-Length`); the handler reads the body with its own cap.
-//! - Answers carry `Content-Type`, `Content-Length` and `Connection:
-//!   close`. A request whose bytes were not all read is drained briefly
-//!   after the answer, so closing does not reset the connection under the
-//!   client before it has read the answer.
+//! - Answers carry `Content-Type` and `Content-Length` (and `Connection:
+//!   close` when the connection ends). A request whose bytes were not all
+//!   read is drained briefly after the answer, so closing does not reset
+//!   the connection under the client before it has read the answer.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -53,6 +56,12 @@ const MAX_DISCARD: usize = 1 << 20;
 const LINGER: Duration = Duration::from_secs(2);
 /// Pause after an `accept()` error that closing the reserve cannot help.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// How long a kept-alive connection may wait for its next request: longer
+/// than clients keep idle connections (ureq: 15 s), so that they, not we,
+/// close them and no request is sent on a connection just closed.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(20);
+/// Requests served on one connection before it is closed.
+const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
 
 /// Deadlines and the connection cap.
 #[derive(Clone, Debug)]
@@ -144,13 +153,18 @@ impl Response {
         self
     }
 
-    fn head(&self, content_length: usize) -> Vec<u8> {
+    /// The status line and headers; `keep`: the connection stays open for
+    /// another request.
+    fn head(&self, content_length: usize, keep: bool) -> Vec<u8> {
         let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {content_length}\r\nConnection: close\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {content_length}\r\n",
             self.status,
             reason(self.status),
             clean(self.content_type),
         );
+        if !keep {
+            head.push_str("Connection: close\r\n");
+        }
         for (name, value) in &self.headers {
             head.push_str(&format!("{}: {}\r\n", clean(name), clean(value)));
         }
@@ -497,7 +511,7 @@ impl Server {
             .name("http".into())
             .spawn(move || {
                 let stream = slot2.lock().unwrap_or_else(PoisonError::into_inner).take();
-                let then = stream.and_then(|s| serve_connection(s, &*handler, &limits));
+                let then = stream.and_then(|s| serve_connection(s, &*handler, &limits, &live.0));
                 drop(live);
                 if let Some(work) = then {
                     work();
@@ -587,7 +601,7 @@ fn refuse(mut stream: TcpStream, why: &str) {
         &format!("the admin API is refusing connections ({why}); try again shortly"),
     )
     .with_header("Retry-After", "1");
-    let mut bytes = response.head(response.body.len());
+    let mut bytes = response.head(response.body.len(), false);
     bytes.extend_from_slice(&response.body);
     let _ = stream.write_all(&bytes);
     let _ = stream.shutdown(Shutdown::Write);
@@ -617,23 +631,23 @@ struct Head {
     rest: Vec<u8>,
 }
 
-/// Reads the head: request line and headers, up to the empty line.
-fn read_head(stream: &TcpStream, deadline: Instant) -> Result<Head, HeadError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(2048);
+/// Reads a head: request line and headers, up to the empty line. `buf`
+/// holds bytes already read (a kept-alive connection's next request);
+/// with `idle_until`, a connection on which nothing arrives by then is
+/// closed quietly (an idle keep-alive).
+fn read_head(
+    stream: &TcpStream,
+    mut buf: Vec<u8>,
+    idle_until: Option<Instant>,
+    deadline: Instant,
+) -> Result<Head, HeadError> {
     let mut chunk = [0u8; 4096];
     // Past MAX_HEAD: the kept head, and the last bytes seen (an end of
     // head may straddle two reads).
     let mut kept: Option<Vec<u8>> = None;
     let mut discarded = 0usize;
+    let mut from = 0;
     loop {
-        let n = match read_by(stream, &mut chunk, deadline) {
-            Ok(0) => return Err(HeadError::Closed),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(HeadError::TimedOut),
-            Err(_) => return Err(HeadError::Closed),
-        };
-        let from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
         if kept.is_none() {
             // Empty lines before the request line are skipped (RFC 9112).
             let blank = buf
@@ -642,7 +656,7 @@ fn read_head(stream: &TcpStream, deadline: Instant) -> Result<Head, HeadError> {
                 .count();
             if blank > 0 {
                 buf.drain(..blank);
-                continue;
+                from = 0;
             }
         }
         if let Some(end) = find_end(&buf, from) {
@@ -659,13 +673,31 @@ fn read_head(stream: &TcpStream, deadline: Instant) -> Result<Head, HeadError> {
             head.truncate(MAX_HEAD);
             kept = Some(head);
         } else if kept.is_some() {
+            let keep = buf.len().saturating_sub(3);
+            buf.drain(..keep);
+        }
+        from = buf.len().saturating_sub(3);
+        let idle = kept.is_none() && buf.is_empty() && idle_until.is_some();
+        let limit = match idle_until {
+            Some(t) if idle => t.min(deadline),
+            _ => deadline,
+        };
+        let n = match read_by(stream, &mut chunk, limit) {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && idle => {
+                return Err(HeadError::Closed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(HeadError::TimedOut),
+            Err(_) => return Err(HeadError::Closed),
+        };
+        if kept.is_some() {
             discarded += n;
             if discarded > MAX_DISCARD {
                 return Err(HeadError::TooLarge);
             }
-            let keep = buf.len().saturating_sub(3);
-            buf.drain(..keep);
         }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -820,89 +852,131 @@ fn body_length(headers: &[(String, String)]) -> Result<u64, Response> {
     }
 }
 
-/// One connection: read a request, answer it, close. Returns the
-/// answer's follow-up work.
+/// One connection: requests answered one after the other until the
+/// client or a limit closes it. Returns the last answer's follow-up work
+/// (an answer with work to do closes the connection).
 fn serve_connection(
     stream: TcpStream,
     handler: &dyn Handler,
     limits: &Limits,
+    shared: &Shared,
 ) -> Option<Box<dyn FnOnce() + Send>> {
     let _ = stream.set_nodelay(true);
-    let head = match read_head(&stream, Instant::now() + limits.head_time) {
-        Ok(head) => head,
-        Err(HeadError::Closed) => return None,
-        Err(e) => {
-            let response = match e {
-                HeadError::TimedOut => {
-                    Response::error(408, "request_timeout", "the request did not arrive in time")
-                }
-                HeadError::TooLarge => Response::error(
-                    431,
-                    "header_too_large",
-                    "the request line and headers are limited to 16 KiB",
-                ),
-                HeadError::Version => Response::error(
-                    505,
-                    "http_version_not_supported",
-                    "only HTTP/1.0 and HTTP/1.1 are served",
-                ),
-                HeadError::Malformed(m) => Response::error(400, "bad_request", m),
-                HeadError::Closed => return None,
-            };
-            answer(&stream, &response, false, false, limits);
-            return None;
+    let mut carried = Vec::new();
+    let mut idle_until = None;
+    let mut deadline = Instant::now() + limits.head_time;
+    for served in 1.. {
+        let head = match read_head(&stream, carried, idle_until, deadline) {
+            Ok(head) => head,
+            Err(HeadError::Closed) => return None,
+            Err(e) => {
+                let response = match e {
+                    HeadError::TimedOut => Response::error(
+                        408,
+                        "request_timeout",
+                        "the request did not arrive in time",
+                    ),
+                    HeadError::TooLarge => Response::error(
+                        431,
+                        "header_too_large",
+                        "the request line and headers are limited to 16 KiB",
+                    ),
+                    HeadError::Version => Response::error(
+                        505,
+                        "http_version_not_supported",
+                        "only HTTP/1.0 and HTTP/1.1 are served",
+                    ),
+                    HeadError::Malformed(m) => Response::error(400, "bad_request", m),
+                    HeadError::Closed => return None,
+                };
+                answer(&stream, &response, false, false, false, limits);
+                return None;
+            }
+        };
+        let length = match body_length(&head.headers) {
+            Ok(n) => n,
+            Err(response) => {
+                answer(
+                    &stream,
+                    &response,
+                    head.method == "HEAD",
+                    false,
+                    false,
+                    limits,
+                );
+                return None;
+            }
+        };
+        let expect_continue = !head.http10
+            && head.headers.iter().any(|(n, v)| {
+                n.eq_ignore_ascii_case("expect") && v.eq_ignore_ascii_case("100-continue")
+            });
+        let head_only = head.method == "HEAD";
+        // Another request may follow on HTTP/1.1, unless the client says
+        // close, or connections are scarce (half the cap in use), or
+        // serve is stopping.
+        let may_keep = !head.http10
+            && !head.too_large
+            && served < MAX_REQUESTS_PER_CONNECTION
+            && !head.headers.iter().any(|(n, v)| {
+                n.eq_ignore_ascii_case("connection")
+                    && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+            })
+            && shared.live.load(Ordering::SeqCst) <= limits.max_connections / 2
+            && !shared.stopping.load(Ordering::SeqCst);
+        let mut request = Request {
+            method: head.method,
+            target: head.target,
+            headers: head.headers,
+            head_too_large: head.too_large,
+            body: Body {
+                stream: &stream,
+                buffered: head.rest,
+                length,
+                done: false,
+                deadline: Instant::now() + limits.body_time,
+                expect_continue,
+            },
+        };
+        let mut response = handler.handle(&mut request);
+        // An oversized head's body (if any) was never delimited.
+        let consumed = !request.head_too_large && request.body.consumed();
+        let body_read = request.body.done || request.body.length == 0;
+        let keep = may_keep && body_read && response.then.is_none();
+        let written = answer(&stream, &response, head_only, consumed, keep, limits);
+        if !keep || !written {
+            return response.then.take();
         }
-    };
-    let length = match body_length(&head.headers) {
-        Ok(n) => n,
-        Err(response) => {
-            answer(&stream, &response, head.method == "HEAD", false, limits);
-            return None;
-        }
-    };
-    let expect_continue = !head.http10
-        && head.headers.iter().any(|(n, v)| {
-            n.eq_ignore_ascii_case("expect") && v.eq_ignore_ascii_case("100-continue")
-        });
-    let head_only = head.method == "HEAD";
-    let mut request = Request {
-        method: head.method,
-        target: head.target,
-        headers: head.headers,
-        head_too_large: head.too_large,
-        body: Body {
-            stream: &stream,
-            buffered: head.rest,
-            length,
-            done: false,
-            deadline: Instant::now() + limits.body_time,
-            expect_continue,
-        },
-    };
-    let mut response = handler.handle(&mut request);
-    // An oversized head's body (if any) was never delimited: drain.
-    let consumed = !request.head_too_large && request.body.consumed();
-    answer(&stream, &response, head_only, consumed, limits);
-    response.then.take()
+        carried = std::mem::take(&mut request.body.buffered);
+        let now = Instant::now();
+        idle_until = Some(now + KEEP_ALIVE_IDLE);
+        deadline = now + KEEP_ALIVE_IDLE + limits.head_time;
+    }
+    None
 }
 
-/// Writes the answer, then closes; unread request bytes are drained first
-/// (briefly) so the close does not reset the connection.
+/// Writes the answer; unless `keep`, closes the connection, draining
+/// unread request bytes first (briefly) so the close does not reset it.
+/// Whether the answer was written.
 fn answer(
     stream: &TcpStream,
     response: &Response,
     head_only: bool,
     consumed: bool,
+    keep: bool,
     limits: &Limits,
-) {
-    let mut bytes = response.head(response.body.len());
+) -> bool {
+    let mut bytes = response.head(response.body.len(), keep);
     if !head_only {
         bytes.extend_from_slice(&response.body);
     }
     let mut writer = stream;
-    let written = write_by(&mut writer, &bytes, Instant::now() + limits.write_time);
+    let written = write_by(&mut writer, &bytes, Instant::now() + limits.write_time).is_ok();
+    if keep && written {
+        return true;
+    }
     let _ = stream.shutdown(Shutdown::Write);
-    if written.is_ok() && !consumed {
+    if written && !consumed {
         let deadline = Instant::now() + LINGER;
         let mut sink = [0u8; 8192];
         let mut drained = 0usize;
@@ -913,6 +987,7 @@ fn answer(
             }
         }
     }
+    written
 }
 
 /// A ureq agent whose name lookups never panic. ureq's own resolver runs
@@ -1077,7 +1152,7 @@ mod tests {
     #[test]
     fn answers_carry_type_and_length() {
         let r = Response::new(200, "application/json", "{}").with_header("Allow", "GET\r\nX: y");
-        let head = String::from_utf8(r.head(2)).unwrap();
+        let head = String::from_utf8(r.head(2, false)).unwrap();
         assert_eq!(
             head,
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\nAllow: GETX: y\r\n\r\n"

@@ -437,8 +437,9 @@ fn framing_limits_and_answers() {
             String::from_utf8_lossy(&bytes).into_owned(),
         )
     };
-    // Every answer says its type and length, and closes.
-    let (status, text) = raw("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".into());
+    // Every answer says its type and length; closes when asked to.
+    let (status, text) =
+        raw("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into());
     assert_eq!(status, Some(200));
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let head = head.to_ascii_lowercase();
@@ -486,7 +487,7 @@ fn framing_limits_and_answers() {
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(PATIENCE)).unwrap();
     c.write_all(format!(
-        "PUT /.parachute/config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        "PUT /.parachute/config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
     ).as_bytes())
     .unwrap();
     let mut interim = [0u8; 25];
@@ -502,9 +503,33 @@ fn framing_limits_and_answers() {
         String::from_utf8_lossy(&rest)
     );
     // HEAD gets the head only.
-    let (status, text) = raw("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n".into());
+    let (status, text) =
+        raw("HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into());
     assert_eq!(status, Some(405));
     assert!(text.ends_with("\r\n\r\n"), "{text}");
+    // Keep-alive: two requests sent at once on one connection get two
+    // answers, the second (which asks to close) the last one; HTTP/1.0
+    // gets one and a close.
+    let (_, bytes) = probe(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        PATIENCE,
+    );
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("HTTP/1.1 404 Not Found"), "{text}");
+    let first = &text[..text.find("HTTP/1.1 404").unwrap()];
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+    let (_, bytes) = probe(addr, b"GET /healthz HTTP/1.0\r\n\r\n", PATIENCE);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
     assert_eq!(s.get("/healthz", None).0, 200);
 }
 
