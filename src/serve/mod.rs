@@ -95,8 +95,10 @@ pub struct Daemon {
 /// Entry point: `parachute-runner serve`.
 ///
 /// Three threads beside this one: the scheduler, the HTTP accept loop
-/// (`http`) and a signal watcher. This thread waits for one of them to
-/// end. A signal stops the scheduler, runs are drained, exit 0. The
+/// (`http`) and a signal watcher. The API starts answering once the
+/// scheduler's first pass is done (at most 5 s after it began): until
+/// then connections wait in the listen backlog. This thread then waits
+/// for one of them to end. A signal stops the scheduler, runs are drained, exit 0. The
 /// scheduler or the HTTP server ending any other way (a panic) stops
 /// everything and is a fatal error (exit 2), so that a supervisor
 /// (`Restart=on-failure`) starts a whole `serve` again instead of keeping a
@@ -131,11 +133,7 @@ pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
     } else {
         args.host.clone()
     };
-    log::info!(
-        "admin API: at most {} connections at once",
-        server.limits().max_connections
-    );
-    log::info!("serving the admin API on http://{host}:{bound}");
+    let max_connections = server.limits().max_connections;
     let stopper = server.stopper();
 
     let signals = signal_hook::iterator::Signals::new([
@@ -145,16 +143,26 @@ pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
     .map_err(|e| Error::Fatal(format!("cannot handle signals: {e}")))?;
     let signal_handle = signals.handle();
     let (ended_tx, ended) = mpsc::channel();
-    let started = start_threads(&daemon, server, signals, &ended_tx, crash);
-    drop(ended_tx);
-    let scheduler = match started {
+    let scheduler = match start_scheduler(&daemon, signals, &ended_tx, crash) {
         Ok(scheduler) => scheduler,
         Err(e) => {
-            stopper.stop();
             signal_handle.close();
             return Err(e);
         }
     };
+    // Connections wait in the backlog meanwhile: the first answers then
+    // already know the jobs.
+    await_first_pass(&daemon, &scheduler);
+    if let Err(e) = start_http(&daemon, server, &ended_tx, crash) {
+        daemon.begin_stop();
+        let _ = scheduler.join();
+        daemon.drain(args.shutdown_timeout);
+        signal_handle.close();
+        return Err(e);
+    }
+    drop(ended_tx);
+    log::info!("admin API: at most {max_connections} connections at once");
+    log::info!("serving the admin API on http://{host}:{bound}");
 
     let mut failure: Option<String> = None;
     for which in &ended {
@@ -213,63 +221,81 @@ impl Drop for Notify {
     }
 }
 
-/// Starts the signal watcher, the HTTP accept loop and the scheduler;
-/// returns the scheduler's handle. A thread the OS refuses is a fatal
-/// error.
-fn start_threads(
+fn spawn(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| Error::Fatal(format!("cannot start the {name} thread: {e}")))
+}
+
+/// Starts the signal watcher and the scheduler; returns the scheduler's
+/// handle. A thread the OS refuses is a fatal error.
+fn start_scheduler(
     daemon: &Arc<Daemon>,
-    server: http::Server,
     mut signals: signal_hook::iterator::Signals,
     ended: &mpsc::Sender<Ended>,
     crash: Option<config::Crash>,
 ) -> Result<std::thread::JoinHandle<()>, Error> {
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(f)
-            .map_err(|e| Error::Fatal(format!("cannot start the {name} thread: {e}")))
-    };
     {
         let daemon = Arc::clone(daemon);
         let notify = Notify(ended.clone(), Ended::Signal);
-        spawn(
-            "signals",
-            Box::new(move || {
-                let _notify = notify;
-                if let Some(sig) = signals.forever().next() {
-                    // The API keeps answering while runs drain.
-                    log::info!("received signal {sig}: shutting down");
-                    daemon.begin_stop();
-                }
-            }),
-        )?;
-    }
-    {
-        let handler = admin_api::handler(Arc::clone(daemon));
-        let notify = Notify(ended.clone(), Ended::Http);
-        spawn(
-            "http-accept",
-            Box::new(move || {
-                let _notify = notify;
-                if crash == Some(config::Crash::Http) {
-                    panic!("test hook PARACHUTE_RUNNER_TEST_CRASH=http: the HTTP server dies");
-                }
-                server.run(handler);
-            }),
-        )?;
+        spawn("signals", move || {
+            let _notify = notify;
+            if let Some(sig) = signals.forever().next() {
+                // The API keeps answering while runs drain.
+                log::info!("received signal {sig}: shutting down");
+                daemon.begin_stop();
+            }
+        })?;
     }
     let daemon = Arc::clone(daemon);
     let notify = Notify(ended.clone(), Ended::Scheduler);
-    std::thread::Builder::new()
-        .name("scheduler".to_string())
-        .spawn(move || {
-            let _notify = notify;
-            if crash == Some(config::Crash::Scheduler) {
-                panic!("test hook PARACHUTE_RUNNER_TEST_CRASH=scheduler: the scheduler dies");
-            }
-            daemon.schedule_loop();
-        })
-        .map_err(|e| Error::Fatal(format!("cannot start the scheduler thread: {e}")))
+    spawn("scheduler", move || {
+        let _notify = notify;
+        if crash == Some(config::Crash::Scheduler) {
+            panic!("test hook PARACHUTE_RUNNER_TEST_CRASH=scheduler: the scheduler dies");
+        }
+        daemon.schedule_loop();
+    })
+}
+
+/// How long the API waits at start for the scheduler's first pass.
+const FIRST_PASS_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until the scheduler's first pass (poll and decisions) is done —
+/// it sets the tick — or `FIRST_PASS_WAIT` passed (a slow vault), or the
+/// scheduler ended, or serve is stopping.
+fn await_first_pass(daemon: &Daemon, scheduler: &std::thread::JoinHandle<()>) {
+    let deadline = Instant::now() + FIRST_PASS_WAIT;
+    while Instant::now() < deadline
+        && daemon.shared().last_tick.is_none()
+        && !scheduler.is_finished()
+        && !daemon.stopping()
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts the HTTP accept loop.
+fn start_http(
+    daemon: &Arc<Daemon>,
+    server: http::Server,
+    ended: &mpsc::Sender<Ended>,
+    crash: Option<config::Crash>,
+) -> Result<(), Error> {
+    let handler = admin_api::handler(Arc::clone(daemon));
+    let notify = Notify(ended.clone(), Ended::Http);
+    spawn("http-accept", move || {
+        let _notify = notify;
+        if crash == Some(config::Crash::Http) {
+            panic!("test hook PARACHUTE_RUNNER_TEST_CRASH=http: the HTTP server dies");
+        }
+        server.run(handler);
+    })
+    .map(|_| ())
 }
 
 /// The message of a panic, for the log.
