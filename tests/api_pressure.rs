@@ -135,7 +135,12 @@ fn out_of_descriptors_new_clients_are_refused_and_the_api_recovers() {
         "{seen:?}\n{}",
         s.log()
     );
-    assert!(open <= 24, "{open} held with 24 descriptors to spare");
+    // Bounded by the descriptors, not by the cap (512): the count at start
+    // may include one that closed since, so no exact figure.
+    assert!(
+        open < limit,
+        "{open} held with a limit of {limit} descriptors"
+    );
     assert!(s.log().contains("out of file descriptors"), "{}", s.log());
     drop(conns);
     assert!(
