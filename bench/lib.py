@@ -27,6 +27,8 @@ Subcommands (all paths absolute or relative to the current directory):
       read the raw files in SDIR, append rows to DIR/results.jsonl.
   table DIR            print DIR/results.jsonl as a Markdown table.
   gen-stream FILE MIB  write ~MIB MiB of claude's stream-json lines to FILE.
+
+Scenario 9 has its own driver, bench/hub_bench.py (a fake hub that hangs).
 """
 
 import json
@@ -624,6 +626,56 @@ def report8(d, rows):
              note="the flood ends with a success result line; the note must be a success")
 
 
+def percentile(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def report9(d, rows):
+    s = "9 serve while the hub hangs"
+    phases = {n: load(os.path.join(d, f"phase-{n}.json"))
+              for n in ("baseline", "hung", "hung-late", "bad-kid")}
+    base = phases["baseline"]
+    secs = base["seconds"]
+
+    def statuses(entry):
+        return ", ".join(f"{k}: {v}" for k, v in sorted(entry["status"].items()))
+
+    for route, label in (("healthz", "/healthz"), ("auth", "/runner/jobs")):
+        b = base[route]["ms"]
+        bp50 = statistics.median(b)
+        rows.add(s, f"{label}, hub answers", f"{bp50:.1f} ms", f"{min(b):.1f} ms", f"{max(b):.1f} ms",
+                 note=f"p99 {percentile(b, 99):.1f} ms over {len(b)} requests in {secs:.0f} s; {statuses(base[route])}")
+        for phase, what in (("hung", "hub hangs from the start"), ("hung-late", "hub hangs after loading"),
+                            ("bad-kid", "unknown-kid storm, reload hangs")):
+            e = phases[phase][route]
+            x = e["ms"]
+            p50 = statistics.median(x)
+            worst = max(x)
+            if route == "auth" and phase == "hung":
+                # Every answer is a 503; none waits longer than one fetch
+                # deadline (4 s) plus a margin.
+                want = {"503"}
+                ok = set(e["status"]) == want and worst <= 5500
+                target = "all 503, max ≤ 5.5 s"
+            elif route == "auth":
+                ok = set(e["status"]) == {"200"} and p50 <= 2 * bp50 + 5
+                target = "all 200, p50 ≤ 2× + 5 ms"
+            else:
+                ok = set(e["status"]) == {"200"} and p50 <= 2 * bp50 + 5
+                target = "all 200, p50 ≤ 2× + 5 ms"
+            rows.add(s, f"{label}, {what}", f"{p50:.1f} ms", f"{min(x):.1f} ms", f"{worst:.1f} ms",
+                     f"{bp50:.1f} ms (hub answers)", f"{p50 / bp50:.2f}×" if bp50 else "–", target,
+                     verdict(ok),
+                     f"p99 {percentile(x, 99):.1f} ms over {len(x)} requests; {statuses(e)}; "
+                     f"hub fetches {phases[phase]['fetches']}")
+    bad = phases["bad-kid"].get("bad-kid")
+    if bad:
+        x = bad["ms"]
+        rows.add(s, "unknown kid (its own answers)", f"{statistics.median(x):.1f} ms", f"{min(x):.1f} ms",
+                 f"{max(x):.1f} ms", note=f"{len(x)} requests; {statuses(bad)}")
+
+
 def cmd_table(d):
     path = os.path.join(d, "results.jsonl")
     rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
@@ -646,7 +698,7 @@ def cmd_table(d):
 
 
 REPORTS = {"1": report1, "2": report2, "3": report3, "4": report4, "5": report5, "6": report6,
-           "7": report7, "8": report8}
+           "7": report7, "8": report8, "9": report9}
 
 
 def main(argv):

@@ -1,17 +1,17 @@
-//! The HTTP admin API of `serve` (SPEC §9.2, §9.3) on tiny_http: routing,
-//! the JSON answers, body caps, and a thread per request so one slow
-//! client never holds up another. Authentication is `auth`'s; the work is
-//! the `Daemon`'s; the rows of `/runner/jobs` are `jobs`'.
+//! The HTTP admin API of `serve` (SPEC §9.2, §9.3): routing, the JSON
+//! answers and the body cap. Connections, deadlines and limits are
+//! `http`'s (a thread per connection, so one slow client never holds up
+//! another); authentication is `auth`'s; the work is the `Daemon`'s; the
+//! rows of `/runner/jobs` are `jobs`'.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::auth::{Denied, Need};
 use crate::error::Problem;
+use crate::http::{self, BodyError, Request, Response};
 use crate::jobs::Row;
 use crate::serve::{Daemon, RunNowError};
 
@@ -23,25 +23,19 @@ pub const TAGLINE: &str = "Runs scheduled Claude jobs from your vault's notes";
 pub const MAX_BODY: usize = 64 << 10;
 const DEFAULT_RUNS_LIMIT: usize = 50;
 
-/// Hands each request to its own thread, until the server is unblocked.
-pub fn accept_loop(server: &Server, daemon: &Arc<Daemon>) {
-    for request in server.incoming_requests() {
-        let daemon = Arc::clone(daemon);
-        let spawned = std::thread::Builder::new()
-            .name("http".into())
-            .spawn(move || handle(request, &daemon));
-        if let Err(e) = spawned {
-            log::error!("cannot start a request thread: {e}");
-        }
-    }
+/// The admin API as an `http` handler.
+pub fn handler(daemon: Arc<Daemon>) -> Arc<dyn http::Handler> {
+    Arc::new(move |request: &mut Request<'_>| handle(request, &daemon))
 }
 
-/// An answer: status and JSON (or text) body.
+/// An answer: status and JSON (or text) body, and work to do once it was
+/// sent.
 struct Answer {
     status: u16,
     body: String,
     content_type: &'static str,
     allow: Option<&'static str>,
+    then: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Answer {
@@ -51,6 +45,7 @@ impl Answer {
             body: body.to_string(),
             content_type: "application/json",
             allow: None,
+            then: None,
         }
     }
 
@@ -64,26 +59,21 @@ impl Answer {
             body: body.to_string(),
             content_type,
             allow: None,
+            then: None,
         }
     }
 }
 
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-}
-
-fn handle(mut request: Request, daemon: &Arc<Daemon>) {
-    let answer = route(&mut request, daemon);
-    let mut response = Response::from_string(answer.body).with_status_code(answer.status);
-    if let Some(h) = header("Content-Type", answer.content_type) {
-        response = response.with_header(h);
+fn handle(request: &mut Request<'_>, daemon: &Arc<Daemon>) -> Response {
+    let answer = route(request, daemon);
+    let mut response = Response::new(answer.status, answer.content_type, answer.body);
+    if let Some(allow) = answer.allow {
+        response = response.with_header("Allow", allow);
     }
-    if let Some(allow) = answer.allow
-        && let Some(h) = header("Allow", allow)
-    {
-        response = response.with_header(h);
+    if let Some(work) = answer.then {
+        response = response.then(work);
     }
-    let _ = request.respond(response);
+    response
 }
 
 /// The routes of SPEC §9.3.
@@ -100,16 +90,16 @@ enum Route {
     Metrics,
 }
 
-fn find_route(path: &str) -> Option<(Route, &'static [Method])> {
-    const GET: &[Method] = &[Method::Get];
-    const POST: &[Method] = &[Method::Post];
+fn find_route(path: &str) -> Option<(Route, &'static [&'static str])> {
+    const GET: &[&str] = &["GET"];
+    const POST: &[&str] = &["POST"];
     Some(match path {
         "/healthz" | "/runner/healthz" => (Route::Health, GET),
         "/.parachute/info" => (Route::Info, GET),
         "/.parachute/config/schema" => (Route::Schema, GET),
         "/runner/jobs" => (Route::Jobs, GET),
         "/runner/runs" => (Route::Runs, GET),
-        "/.parachute/config" => (Route::Config, &[Method::Get, Method::Put]),
+        "/.parachute/config" => (Route::Config, &["GET", "PUT"]),
         "/.parachute/clear-credential/vault-token" => (Route::ClearToken, POST),
         "/metrics" => (Route::Metrics, GET),
         p if p.starts_with("/runner/jobs/")
@@ -122,14 +112,14 @@ fn find_route(path: &str) -> Option<(Route, &'static [Method])> {
     })
 }
 
-fn route(request: &mut Request, daemon: &Arc<Daemon>) -> Answer {
-    let url = request.url().to_string();
+fn route(request: &mut Request<'_>, daemon: &Arc<Daemon>) -> Answer {
+    let url = request.target().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let Some((route, methods)) = find_route(path) else {
         return Answer::error(404, "not_found", format!("no route {path}"));
     };
-    let method = request.method().clone();
-    if !methods.contains(&method) {
+    let method = request.method().to_string();
+    if !methods.contains(&method.as_str()) {
         let mut a = Answer::error(
             405,
             "method_not_allowed",
@@ -142,30 +132,38 @@ fn route(request: &mut Request, daemon: &Arc<Daemon>) -> Answer {
         });
         return a;
     }
+    let need = match (route, method.as_str()) {
+        (Route::Health | Route::Info | Route::Schema | Route::Metrics, _) => None,
+        (Route::Jobs | Route::Runs, _) | (Route::Config, "GET") => Some(Need::Read),
+        _ => Some(Need::Admin),
+    };
+    if request.head_too_large() {
+        // No header was kept: a token that large cannot be checked.
+        return match need {
+            Some(_) => Answer::error(
+                401,
+                "unauthorized",
+                "request headers over 16 KiB: the token cannot be checked",
+            ),
+            None => Answer::error(
+                431,
+                "header_too_large",
+                "the request line and headers are limited to 16 KiB",
+            ),
+        };
+    }
     // The body, capped, before anything else reads the request.
     let body = match read_body(request) {
         Ok(body) => body,
         Err(answer) => return answer,
     };
-    let need = match (route, &method) {
-        (Route::Health | Route::Info | Route::Schema | Route::Metrics, _) => None,
-        (Route::Jobs | Route::Runs, _) | (Route::Config, Method::Get) => Some(Need::Read),
-        _ => Some(Need::Admin),
-    };
     if let Some(need) = need {
-        let auth_header = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str().to_string());
-        if let Err(denied) = daemon
-            .auth
-            .check(auth_header.as_deref(), need, Timestamp::now())
-        {
+        let auth_header = request.header("Authorization");
+        if let Err(denied) = daemon.auth.check(auth_header, need, Timestamp::now()) {
             return denied_answer(&denied);
         }
     }
-    match (route, method) {
+    match (route, method.as_str()) {
         (Route::Health, _) => health(daemon),
         (Route::Info, _) => Answer::raw(200, INFO, "application/json"),
         (Route::Schema, _) => Answer::raw(200, SCHEMA, "application/schema+json"),
@@ -177,7 +175,7 @@ fn route(request: &mut Request, daemon: &Arc<Daemon>) -> Answer {
         (Route::Jobs, _) => jobs(daemon),
         (Route::Runs, _) => runs(daemon, query),
         (Route::RunNow, _) => run_now(daemon, path, query),
-        (Route::Config, Method::Get) => Answer::json(200, daemon.config_view()),
+        (Route::Config, "GET") => Answer::json(200, daemon.config_view()),
         (Route::Config, _) => put_config(daemon, &body),
         (Route::ClearToken, _) => match daemon.clear_token() {
             Ok(()) => Answer::json(200, json!({ "ok": true })),
@@ -186,26 +184,15 @@ fn route(request: &mut Request, daemon: &Arc<Daemon>) -> Answer {
     }
 }
 
-fn read_body(request: &mut Request) -> Result<Vec<u8>, Answer> {
-    let too_large = || {
-        Answer::error(
+fn read_body(request: &mut Request<'_>) -> Result<Vec<u8>, Answer> {
+    match request.read_body(MAX_BODY) {
+        Ok(body) => Ok(body),
+        Err(BodyError::TooLarge) => Err(Answer::error(
             413,
             "payload_too_large",
             format!("request bodies are limited to {} KiB", MAX_BODY >> 10),
-        )
-    };
-    if request.body_length().is_some_and(|n| n > MAX_BODY) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    match request
-        .as_reader()
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut body)
-    {
-        Ok(_) if body.len() > MAX_BODY => Err(too_large()),
-        Ok(_) => Ok(body),
-        Err(e) => Err(Answer::error(
+        )),
+        Err(BodyError::Read(e)) => Err(Answer::error(
             400,
             "bad_request",
             format!("cannot read the body: {e}"),
@@ -216,6 +203,7 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, Answer> {
 fn denied_answer(denied: &Denied) -> Answer {
     match denied {
         Denied::Unauthorized(message) => Answer::error(401, "unauthorized", message.clone()),
+        Denied::Unavailable(message) => Answer::error(503, "hub_unreachable", message.clone()),
         Denied::Forbidden { required, granted } => Answer::json(
             403,
             json!({
@@ -374,12 +362,31 @@ fn run_now(daemon: &Arc<Daemon>, path: &str, query: &str) -> Answer {
     let run_id = claimed.info.run_id.clone();
     let asynchronous = matches!(query_param(query, "async").as_deref(), Some("1" | "true"));
     if asynchronous {
-        let daemon2 = Arc::clone(daemon);
-        std::thread::spawn(move || daemon2.work(&rt, claimed));
-        return Answer::json(
+        let mut answer = Answer::json(
             202,
             json!({ "ok": true, "runId": run_id, "status": "started" }),
         );
+        // The run is claimed: it must run (or fail) whatever happens. With
+        // no thread to be had it runs on this one, after the answer.
+        let slot = Arc::new(std::sync::Mutex::new(Some((rt, claimed))));
+        let (daemon2, slot2) = (Arc::clone(daemon), Arc::clone(&slot));
+        let spawned = std::thread::Builder::new()
+            .name("run-now".into())
+            .spawn(move || {
+                if let Some((rt, claimed)) = take(&slot2) {
+                    daemon2.work(&rt, claimed);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a thread for run {run_id} ({e}); running it after the answer");
+            if let Some((rt, claimed)) = take(&slot) {
+                let daemon = Arc::clone(daemon);
+                answer.then = Some(Box::new(move || {
+                    daemon.work(&rt, claimed);
+                }));
+            }
+        }
+        return answer;
     }
     let report = daemon.work(&rt, claimed);
     Answer::json(
@@ -392,6 +399,13 @@ fn run_now(daemon: &Arc<Daemon>, path: &str, query: &str) -> Answer {
             "error": report.error,
         }),
     )
+}
+
+/// What a mutex slot holds, taken out (a poisoned lock still gives it).
+fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
 }
 
 /// 400 `validation_failed`: every problem as `{path, message}`, and all of

@@ -11,8 +11,8 @@
 //! (writing it, keeping it until written), with `recorder` writing the
 //! outcome and `recover` settling the runs of runners that died.
 //!
-//! `once` and `serve` are the two drivers of the engine; `admin_api`,
-//! `auth`, `metrics` and `registration` sit beside `serve`; `inspect` and
+//! `once` and `serve` are the two drivers of the engine; `admin_api`
+//! (on `http`), `auth`, `metrics` and `registration` sit beside `serve`; `inspect` and
 //! `jobs` are the read-only verbs, `cli` the command line. `files`,
 //! `percent`, `random` and `error` serve them all.
 
@@ -35,6 +35,7 @@ mod files;
 #[doc(hidden)]
 pub mod fuzz_targets;
 mod health;
+mod http;
 mod inspect;
 mod instant;
 mod job;

@@ -8,6 +8,8 @@ mod support;
 
 mod agent_results;
 mod alerts;
+mod api_pressure;
+mod auth_hub;
 mod cli;
 mod concurrency;
 mod cron;
@@ -24,3 +26,4 @@ mod real_claude;
 mod real_claude_probe;
 mod secrets;
 mod serve;
+mod serve_harness;

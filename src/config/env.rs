@@ -27,10 +27,13 @@ pub const CLOCK: &str = "PARACHUTE_RUNNER_CLOCK";
 pub const TEST_HOOKS: &str = "PARACHUTE_RUNNER_TEST_HOOKS";
 /// `off`: contain agents without a cgroup (the subreaper mode).
 pub const CGROUP: &str = "PARACHUTE_RUNNER_CGROUP";
+/// A test hook of debug builds: `scheduler` or `http` makes that thread of
+/// `serve` panic as it starts.
+pub const CRASH: &str = "PARACHUTE_RUNNER_TEST_CRASH";
 
 /// Every `PARACHUTE_*` variable that is not a config key's override, for
 /// `--help` and the fuzz target.
-pub const VARS: [&str; 7] = [
+pub const VARS: [&str; 8] = [
     HOME,
     HTTP_TIMEOUT,
     HUB_ORIGIN,
@@ -38,6 +41,7 @@ pub const VARS: [&str; 7] = [
     CLOCK,
     TEST_HOOKS,
     CGROUP,
+    CRASH,
 ];
 
 /// The default hub (SPEC §9.4).
@@ -198,6 +202,41 @@ fn clock_for(env: &Env, test_build: bool) -> Result<Clock, Problem> {
     })
 }
 
+/// Which thread of `serve` the crash hook kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crash {
+    Scheduler,
+    Http,
+}
+
+/// `PARACHUTE_RUNNER_TEST_CRASH` (`scheduler` or `http`): a debug build's
+/// test hook, to prove that `serve` exits non-zero when it loses its
+/// scheduler or its HTTP server. A release build refuses it, whatever
+/// `PARACHUTE_RUNNER_TEST_HOOKS` says.
+pub fn crash_hook(env: &Env) -> Result<Option<Crash>, Problem> {
+    crash_hook_for(env, cfg!(debug_assertions))
+}
+
+fn crash_hook_for(env: &Env, test_build: bool) -> Result<Option<Crash>, Problem> {
+    let Some(text) = env.get(CRASH) else {
+        return Ok(None);
+    };
+    if !test_build {
+        return Err(Problem::new(
+            CRASH,
+            "a test hook of debug builds only, refused by a release build; unset it",
+        ));
+    }
+    match text.trim() {
+        "scheduler" => Ok(Some(Crash::Scheduler)),
+        "http" => Ok(Some(Crash::Http)),
+        other => Err(Problem::new(
+            CRASH,
+            format!("expected scheduler or http (got {other:?})"),
+        )),
+    }
+}
+
 /// The zone for `next` and `validate`: `--tz`, else
 /// `PARACHUTE_RUNNER_TIMEZONE`, else the system zone. A bad value is
 /// reported under the name it came from.
@@ -213,6 +252,17 @@ pub fn cli_zone(flag: Option<&str>, env: &Env) -> Result<Zone, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_crash_hook_is_for_debug_builds_only() {
+        let env = Env::from_pairs([(CRASH, "scheduler"), (TEST_HOOKS, "1")]);
+        assert_eq!(crash_hook_for(&env, true), Ok(Some(Crash::Scheduler)));
+        assert!(crash_hook_for(&env, false).is_err());
+        let http = Env::from_pairs([(CRASH, "http")]);
+        assert_eq!(crash_hook_for(&http, true), Ok(Some(Crash::Http)));
+        assert!(crash_hook_for(&Env::from_pairs([(CRASH, "x")]), true).is_err());
+        assert_eq!(crash_hook_for(&Env::default(), false), Ok(None));
+    }
 
     #[test]
     fn a_release_build_refuses_the_test_clock_unless_switched_on() {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-pub use env::{Env, cli_zone, clock};
+pub use env::{Crash, Env, cli_zone, clock, crash_hook};
 #[cfg(test)]
 pub use keys::names as key_names;
 pub use keys::{Coordination, Settings, check_token, http_url, parse_env, parse_file};

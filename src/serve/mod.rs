@@ -1,8 +1,9 @@
 //! `serve` (SPEC §9.1): the scheduling loop for containers, beside the HTTP
 //! admin API (`admin_api`). Plain threads: one scheduler that sleeps on a
 //! `Condvar` until the earliest slot or the next poll, a worker thread per
-//! run bounded by `max_concurrent_jobs` permits, one thread per HTTP
-//! request, and a signal thread for graceful shutdown.
+//! run bounded by `max_concurrent_jobs` permits, the HTTP server (`http`:
+//! an accept thread and a thread per connection, capped), and a signal
+//! thread for graceful shutdown.
 //!
 //! Deciding and claiming is the engine's, as for `once`, with the same
 //! state, locks and outbox, so the two can run side by side (by mistake)
@@ -10,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -29,7 +30,7 @@ use crate::job::Job;
 use crate::metrics::{Gauges, Metrics};
 use crate::run::Claimed;
 use crate::vault::{Listing, Note};
-use crate::{EXIT_OK, admin_api, os, registration};
+use crate::{EXIT_OK, admin_api, auth, http, os, registration};
 
 mod admin;
 mod runs;
@@ -93,6 +94,16 @@ pub struct Daemon {
 }
 
 /// Entry point: `parachute-runner serve`.
+///
+/// Three threads beside this one: the scheduler, the HTTP accept loop
+/// (`http`) and a signal watcher. The API starts answering once the
+/// scheduler's first pass is done (at most 5 s after it began): until
+/// then connections wait in the listen backlog. This thread then waits
+/// for one of them to end. A signal stops the scheduler, runs are drained, exit 0. The
+/// scheduler or the HTTP server ending any other way (a panic) stops
+/// everything and is a fatal error (exit 2), so that a supervisor
+/// (`Restart=on-failure`) starts a whole `serve` again instead of keeping a
+/// half-dead one.
 pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
     let overrides = Overrides {
         config: args.common.config.clone(),
@@ -101,16 +112,31 @@ pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
         read_only: false,
     };
     let config = config::load(env, &overrides)?;
+    let crash = config::crash_hook(env).map_err(|p| Error::Fatal(p.to_string()))?;
     os::raise_fd_limit();
+    let runner_dir = config.paths.runner_dir.clone();
+    let (admin_token, created) = auth::admin_token(&runner_dir).map_err(Error::Fatal)?;
     let daemon = Arc::new(Daemon::new(config, env.clone(), overrides));
+    daemon.auth.allow_local_admin(&admin_token);
+    drop(admin_token);
+    log::info!(
+        "local admin token {} {}: send it as Authorization: Bearer <token>",
+        if created { "created in" } else { "in" },
+        runner_dir.join(auth::ADMIN_TOKEN_FILE).display()
+    );
 
-    let addr = format!("{}:{}", args.host, args.port);
-    let http = tiny_http::Server::http(&addr)
-        .map_err(|e| Error::Fatal(format!("cannot listen on {addr}: {e}")))?;
-    let http = Arc::new(http);
-    let bound = http.server_addr().to_ip().map_or(args.port, |a| a.port());
+    let limits = http::Limits::for_process();
+    let server = http::Server::bind(&args.host, args.port, limits)
+        .map_err(|e| Error::Fatal(format!("cannot listen on {}:{}: {e}", args.host, args.port)))?;
+    let bound = server.local_addr().port();
     daemon.register_service(bound);
-    log::info!("serving the admin API on http://{}:{bound}", args.host);
+    let host = if args.host.contains(':') {
+        format!("[{}]", args.host)
+    } else {
+        args.host.clone()
+    };
+    let max_connections = server.limits().max_connections;
+    let stopper = server.stopper();
 
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -118,35 +144,170 @@ pub fn run(args: &ServeArgs, env: &Env) -> Result<u8, Error> {
     ])
     .map_err(|e| Error::Fatal(format!("cannot handle signals: {e}")))?;
     let signal_handle = signals.handle();
-    {
-        let daemon = Arc::clone(&daemon);
-        let http = Arc::clone(&http);
-        let mut signals = signals;
-        std::thread::spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                log::info!("received signal {sig}: shutting down");
-                daemon.begin_stop();
-                http.unblock();
-            }
-        });
+    let (ended_tx, ended) = mpsc::channel();
+    let scheduler = match start_scheduler(&daemon, signals, &ended_tx, crash) {
+        Ok(scheduler) => scheduler,
+        Err(e) => {
+            signal_handle.close();
+            return Err(e);
+        }
+    };
+    // Connections wait in the backlog meanwhile: the first answers then
+    // already know the jobs.
+    await_first_pass(&daemon, &scheduler);
+    if let Err(e) = start_http(&daemon, server, &ended_tx, crash) {
+        daemon.begin_stop();
+        let _ = scheduler.join();
+        daemon.drain(args.shutdown_timeout);
+        signal_handle.close();
+        return Err(e);
     }
-    let accept = {
-        let daemon = Arc::clone(&daemon);
-        let http = Arc::clone(&http);
-        std::thread::spawn(move || admin_api::accept_loop(&http, &daemon))
-    };
-    let scheduler = {
-        let daemon = Arc::clone(&daemon);
-        std::thread::spawn(move || daemon.schedule_loop())
-    };
-    let _ = scheduler.join();
+    drop(ended_tx);
+    log::info!("admin API: at most {max_connections} connections at once");
+    log::info!("serving the admin API on http://{host}:{bound}");
+
+    let mut failure: Option<String> = None;
+    for which in &ended {
+        match which {
+            Ended::Signal => {}
+            Ended::Scheduler => break,
+            Ended::Http => {
+                if !daemon.stopping() {
+                    log::error!("the admin API's HTTP server stopped: stopping serve");
+                    failure = Some("the admin API's HTTP server stopped unexpectedly".to_string());
+                    daemon.begin_stop();
+                }
+            }
+        }
+    }
+    match scheduler.join() {
+        Err(panic) => {
+            let why = panic_message(panic.as_ref());
+            log::error!("the scheduler thread died ({why}): stopping serve");
+            failure.get_or_insert(format!("the scheduler thread died: {why}"));
+        }
+        Ok(()) if !daemon.stopping() => {
+            failure.get_or_insert("the scheduler stopped unexpectedly".to_string());
+        }
+        Ok(()) => {}
+    }
     daemon.drain(args.shutdown_timeout);
     crate::alert::drain(crate::alert::DRAIN_LIMIT_STOPPING);
-    http.unblock();
-    let _ = accept.join();
+    stopper.stop();
     signal_handle.close();
-    log::info!("stopped");
-    Ok(EXIT_OK)
+    match failure {
+        Some(why) => Err(Error::Fatal(format!(
+            "{why}; exiting so that a supervisor starts serve again"
+        ))),
+        None => {
+            log::info!("stopped");
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+/// Which of `serve`'s threads ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    Signal,
+    Scheduler,
+    Http,
+}
+
+/// Says that its thread ended when dropped: at its end, or as a panic
+/// unwinds it.
+struct Notify(mpsc::Sender<Ended>, Ended);
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        let _ = self.0.send(self.1);
+    }
+}
+
+fn spawn(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| Error::Fatal(format!("cannot start the {name} thread: {e}")))
+}
+
+/// Starts the signal watcher and the scheduler; returns the scheduler's
+/// handle. A thread the OS refuses is a fatal error.
+fn start_scheduler(
+    daemon: &Arc<Daemon>,
+    mut signals: signal_hook::iterator::Signals,
+    ended: &mpsc::Sender<Ended>,
+    crash: Option<config::Crash>,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    {
+        let daemon = Arc::clone(daemon);
+        let notify = Notify(ended.clone(), Ended::Signal);
+        spawn("signals", move || {
+            let _notify = notify;
+            if let Some(sig) = signals.forever().next() {
+                // The API keeps answering while runs drain.
+                log::info!("received signal {sig}: shutting down");
+                daemon.begin_stop();
+            }
+        })?;
+    }
+    let daemon = Arc::clone(daemon);
+    let notify = Notify(ended.clone(), Ended::Scheduler);
+    spawn("scheduler", move || {
+        let _notify = notify;
+        if crash == Some(config::Crash::Scheduler) {
+            panic!("test hook PARACHUTE_RUNNER_TEST_CRASH=scheduler: the scheduler dies");
+        }
+        daemon.schedule_loop();
+    })
+}
+
+/// How long the API waits at start for the scheduler's first pass.
+const FIRST_PASS_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until the scheduler's first pass (poll and decisions) is done —
+/// it sets the tick — or `FIRST_PASS_WAIT` passed (a slow vault), or the
+/// scheduler ended, or serve is stopping.
+fn await_first_pass(daemon: &Daemon, scheduler: &std::thread::JoinHandle<()>) {
+    let deadline = Instant::now() + FIRST_PASS_WAIT;
+    while Instant::now() < deadline
+        && daemon.shared().last_tick.is_none()
+        && !scheduler.is_finished()
+        && !daemon.stopping()
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts the HTTP accept loop.
+fn start_http(
+    daemon: &Arc<Daemon>,
+    server: http::Server,
+    ended: &mpsc::Sender<Ended>,
+    crash: Option<config::Crash>,
+) -> Result<(), Error> {
+    let handler = admin_api::handler(Arc::clone(daemon));
+    let notify = Notify(ended.clone(), Ended::Http);
+    spawn("http-accept", move || {
+        let _notify = notify;
+        if crash == Some(config::Crash::Http) {
+            panic!("test hook PARACHUTE_RUNNER_TEST_CRASH=http: the HTTP server dies");
+        }
+        server.run(handler);
+    })
+    .map(|_| ())
+}
+
+/// The message of a panic, for the log.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 impl Daemon {
@@ -522,18 +683,26 @@ fn refetch(rt: &Runtime, paths: &[String]) -> Vec<Result<Option<Note>, String>> 
             .map(|p| rt.vault.get_note(p).map_err(|e| e.to_string()))
             .collect();
     }
+    let get = |p: &String| rt.vault.get_note(p).map_err(|e| e.to_string());
     let mut out: Vec<Result<Option<Note>, String>> = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(PARALLEL) {
         std::thread::scope(|scope| {
+            // A thread the OS refuses (a task limit): read on this one.
             let handles: Vec<_> = chunk
                 .iter()
-                .map(|p| scope.spawn(move || rt.vault.get_note(p).map_err(|e| e.to_string())))
+                .map(|p| {
+                    std::thread::Builder::new()
+                        .spawn_scoped(scope, move || get(p))
+                        .map_err(|_| p)
+                })
                 .collect();
             for h in handles {
-                out.push(
-                    h.join()
+                out.push(match h {
+                    Ok(h) => h
+                        .join()
                         .unwrap_or_else(|_| Err("re-read failed".to_string())),
-                );
+                    Err(p) => get(p),
+                });
             }
         });
     }

@@ -11,6 +11,13 @@ use crate::agent::{Canceller, KILL_GRACE};
 use crate::engine::Runtime;
 use crate::run::{self, Claimed, Report};
 
+/// What a mutex slot holds, taken out (a poisoned lock still gives it).
+fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
 /// Why runs still going at shutdown end.
 const SHUTTING_DOWN: &str = "runner shutting down";
 
@@ -48,15 +55,40 @@ impl Daemon {
         );
     }
 
-    /// Starts a worker thread for a claimed run.
-    pub fn spawn_worker(
-        self: &Arc<Self>,
-        rt: Runtime,
-        claimed: Claimed,
-    ) -> std::thread::JoinHandle<Report> {
-        let daemon = Arc::clone(self);
+    /// Starts a worker thread for a claimed run. When the OS refuses a
+    /// thread (a task limit) the run is recorded as failed at once: it was
+    /// claimed, so it must end with a note, and the scheduler must not
+    /// wait for a permit or for the agent itself.
+    pub fn spawn_worker(self: &Arc<Self>, rt: Runtime, claimed: Claimed) {
         self.track(&claimed);
-        std::thread::spawn(move || daemon.work(&rt, claimed))
+        let slot = Arc::new(std::sync::Mutex::new(Some((rt, claimed))));
+        let (daemon, slot2) = (Arc::clone(self), Arc::clone(&slot));
+        let spawned = std::thread::Builder::new()
+            .name("run".into())
+            .spawn(move || {
+                if let Some((rt, claimed)) = take(&slot2) {
+                    daemon.work(&rt, claimed);
+                }
+            });
+        if let Err(e) = spawned
+            && let Some((rt, claimed)) = take(&slot)
+        {
+            let run_id = claimed.info.run_id.clone();
+            let report = run::abandon(
+                &rt,
+                claimed,
+                &format!("could not start a thread for the run: {e}"),
+            );
+            log::error!(
+                "{}: failed ({}): {}",
+                report.job_path,
+                report.trigger,
+                report.error.as_deref().unwrap_or_default()
+            );
+            self.metrics.run_finished(&report);
+            self.live().remove(&run_id);
+            self.run_ended.notify_all();
+        }
     }
 
     /// One run: wait for a permit, run, record, free the permit.

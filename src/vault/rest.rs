@@ -30,13 +30,15 @@ pub struct RestVault {
 
 impl RestVault {
     pub fn new(vault_url: &str, name: &str, token: Secret, timeouts: Timeouts) -> RestVault {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(timeouts.connect))
-            .timeout_global(Some(timeouts.request))
-            .user_agent(concat!("parachute-runner/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        // Lookups that cannot panic when the OS refuses a thread.
+        let agent = crate::http::client(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(timeouts.connect))
+                .timeout_global(Some(timeouts.request))
+                .user_agent(concat!("parachute-runner/", env!("CARGO_PKG_VERSION")))
+                .build(),
+        );
         RestVault {
             api: format!("{vault_url}/vault/{name}/api"),
             vault_url: vault_url.to_string(),

@@ -1,9 +1,13 @@
 //! A fake Parachute hub (SPEC §9.4): serves the JWKS and the revocation
 //! list over HTTP, and mints RS256 tokens with a test RSA key. It can be
-//! told to fail the revocation list and counts the fetches.
+//! told to fail the revocation list, or to hang either document (accept
+//! the request and answer nothing until released), and counts the fetches
+//! as they arrive. Each request has its own thread, so a hanging one does
+//! not hold up the others.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -29,11 +33,55 @@ pub fn other_key() -> &'static PrivateKey {
 
 pub const KID: &str = "test-key-1";
 
+/// The two documents, for `hang`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Doc {
+    Jwks,
+    Revocation,
+}
+
+#[derive(Default)]
+struct Hangs {
+    jwks: bool,
+    revocation: bool,
+    /// Requests held right now.
+    jwks_held: usize,
+    revocation_held: usize,
+}
+
 struct State {
     revoked: Mutex<Vec<String>>,
     revocation_fails: AtomicBool,
     jwks_fetches: AtomicUsize,
     revocation_fetches: AtomicUsize,
+    hangs: Mutex<Hangs>,
+    released: Condvar,
+    stopped: AtomicBool,
+}
+
+impl State {
+    /// Holds the request while `doc` hangs.
+    fn hold(&self, doc: Doc) {
+        let mut h = self.hangs.lock().unwrap();
+        let hanging = |h: &Hangs| match doc {
+            Doc::Jwks => h.jwks,
+            Doc::Revocation => h.revocation,
+        };
+        if !hanging(&h) {
+            return;
+        }
+        match doc {
+            Doc::Jwks => h.jwks_held += 1,
+            Doc::Revocation => h.revocation_held += 1,
+        }
+        while hanging(&h) && !self.stopped.load(Ordering::SeqCst) {
+            h = self.released.wait(h).unwrap();
+        }
+        match doc {
+            Doc::Jwks => h.jwks_held -= 1,
+            Doc::Revocation => h.revocation_held -= 1,
+        }
+    }
 }
 
 pub struct FakeHub {
@@ -51,35 +99,50 @@ impl FakeHub {
             revocation_fails: AtomicBool::new(false),
             jwks_fetches: AtomicUsize::new(0),
             revocation_fetches: AtomicUsize::new(0),
+            hangs: Mutex::new(Hangs::default()),
+            released: Condvar::new(),
+            stopped: AtomicBool::new(false),
         });
         let (srv, st) = (Arc::clone(&server), Arc::clone(&state));
         std::thread::spawn(move || {
             for request in srv.incoming_requests() {
-                let (status, body) = match request.url() {
-                    "/.well-known/jwks.json" => {
-                        st.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-                        (200, jwks().to_string())
-                    }
-                    "/.well-known/parachute-revocation.json" => {
-                        st.revocation_fetches.fetch_add(1, Ordering::SeqCst);
-                        if st.revocation_fails.load(Ordering::SeqCst) {
-                            (500, "{\"error\":\"down\"}".to_string())
-                        } else {
-                            let jtis = st.revoked.lock().unwrap().clone();
-                            (
-                                200,
-                                json!({"generated_at": "2026-01-01T00:00:00Z", "jtis": jtis})
-                                    .to_string(),
-                            )
-                        }
-                    }
-                    _ => (404, "{}".to_string()),
-                };
-                let _ = request
-                    .respond(tiny_http::Response::from_string(body).with_status_code(status));
+                let st = Arc::clone(&st);
+                std::thread::spawn(move || respond(request, &st));
             }
         });
         FakeHub { server, url, state }
+    }
+
+    /// While `on`, requests for `doc` are accepted and get no answer (they
+    /// are counted as they arrive); turning it off answers them.
+    pub fn hang(&self, doc: Doc, on: bool) {
+        let mut h = self.state.hangs.lock().unwrap();
+        match doc {
+            Doc::Jwks => h.jwks = on,
+            Doc::Revocation => h.revocation = on,
+        }
+        self.state.released.notify_all();
+    }
+
+    /// Requests for `doc` held by `hang` right now.
+    pub fn held(&self, doc: Doc) -> usize {
+        let h = self.state.hangs.lock().unwrap();
+        match doc {
+            Doc::Jwks => h.jwks_held,
+            Doc::Revocation => h.revocation_held,
+        }
+    }
+
+    /// Waits until `n` requests for `doc` are held (false after `limit`).
+    pub fn wait_held(&self, doc: Doc, n: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.held(doc) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.held(doc) >= n
     }
 
     /// The origin, as PARACHUTE_HUB_ORIGIN and the tokens' `iss`.
@@ -128,8 +191,38 @@ impl FakeHub {
 
 impl Drop for FakeHub {
     fn drop(&mut self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        {
+            let _h = self.state.hangs.lock().unwrap();
+            self.state.released.notify_all();
+        }
         self.server.unblock();
     }
+}
+
+fn respond(request: tiny_http::Request, st: &State) {
+    let (status, body) = match request.url() {
+        "/.well-known/jwks.json" => {
+            st.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+            st.hold(Doc::Jwks);
+            (200, jwks().to_string())
+        }
+        "/.well-known/parachute-revocation.json" => {
+            st.revocation_fetches.fetch_add(1, Ordering::SeqCst);
+            st.hold(Doc::Revocation);
+            if st.revocation_fails.load(Ordering::SeqCst) {
+                (500, "{\"error\":\"down\"}".to_string())
+            } else {
+                let jtis = st.revoked.lock().unwrap().clone();
+                (
+                    200,
+                    json!({"generated_at": "2026-01-01T00:00:00Z", "jtis": jtis}).to_string(),
+                )
+            }
+        }
+        _ => (404, "{}".to_string()),
+    };
+    let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(status));
 }
 
 fn jwks() -> Value {
