@@ -21,7 +21,8 @@ pub const SCHEMA: &str = include_str!("../.parachute/config/schema");
 pub const TAGLINE: &str = "Runs scheduled Claude jobs from your vault's notes";
 /// Largest request body read (SPEC §9.2).
 pub const MAX_BODY: usize = 64 << 10;
-const DEFAULT_RUNS_LIMIT: usize = 50;
+/// As the TypeScript runner.
+const DEFAULT_RUNS_LIMIT: usize = 100;
 
 /// The admin API as an `http` handler.
 pub fn handler(daemon: Arc<Daemon>) -> Arc<dyn http::Handler> {
@@ -85,6 +86,8 @@ enum Route {
     Jobs,
     Runs,
     RunNow,
+    Pause,
+    Resume,
     Config,
     ClearToken,
     Metrics,
@@ -102,14 +105,22 @@ fn find_route(path: &str) -> Option<(Route, &'static [&'static str])> {
         "/.parachute/config" => (Route::Config, &["GET", "PUT"]),
         "/.parachute/clear-credential/vault-token" => (Route::ClearToken, POST),
         "/metrics" => (Route::Metrics, GET),
-        p if p.starts_with("/runner/jobs/")
-            && p.ends_with("/run-now")
-            && p.len() > "/runner/jobs//run-now".len() =>
-        {
-            (Route::RunNow, POST)
-        }
-        _ => return None,
+        p => match job_action(p)? {
+            (_, "run-now") => (Route::RunNow, POST),
+            (_, "pause") => (Route::Pause, POST),
+            (_, "resume") => (Route::Resume, POST),
+            _ => return None,
+        },
     })
+}
+
+/// `/runner/jobs/<percent-encoded path>/<action>`: the encoded path and
+/// the action.
+fn job_action(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/runner/jobs/")?;
+    let (encoded, action) = rest.rsplit_once('/')?;
+    (!encoded.is_empty() && matches!(action, "run-now" | "pause" | "resume"))
+        .then_some((encoded, action))
 }
 
 fn route(request: &mut Request<'_>, daemon: &Arc<Daemon>) -> Answer {
@@ -127,7 +138,7 @@ fn route(request: &mut Request<'_>, daemon: &Arc<Daemon>) -> Answer {
         );
         a.allow = Some(match route {
             Route::Config => "GET, PUT",
-            Route::RunNow | Route::ClearToken => "POST",
+            Route::RunNow | Route::Pause | Route::Resume | Route::ClearToken => "POST",
             _ => "GET",
         });
         return a;
@@ -175,6 +186,8 @@ fn route(request: &mut Request<'_>, daemon: &Arc<Daemon>) -> Answer {
         (Route::Jobs, _) => jobs(daemon),
         (Route::Runs, _) => runs(daemon, query),
         (Route::RunNow, _) => run_now(daemon, path, query),
+        (Route::Pause, _) => pause(daemon, path, true),
+        (Route::Resume, _) => pause(daemon, path, false),
         (Route::Config, "GET") => Answer::json(200, daemon.config_view()),
         (Route::Config, _) => put_config(daemon, &body),
         (Route::ClearToken, _) => match daemon.clear_token() {
@@ -221,7 +234,9 @@ fn health(daemon: &Daemon) -> Answer {
     let (jobs, tick) = {
         let s = daemon.shared();
         (
-            s.table.values().filter(|e| e.next.is_some()).count(),
+            // Every loaded job, manual and disabled ones too (as the
+            // TypeScript runner counts).
+            s.table.values().filter(|e| e.plan.is_ok()).count(),
             s.last_tick,
         )
     };
@@ -340,8 +355,20 @@ fn runs(daemon: &Daemon, query: &str) -> Answer {
     }
 }
 
+/// `POST /runner/jobs/<path>/pause|resume` (SPEC §7.5).
+fn pause(daemon: &Daemon, path: &str, paused: bool) -> Answer {
+    let Some(job_path) = job_action(path).and_then(|(e, _)| crate::percent::decode(e)) else {
+        return Answer::error(404, "not_found", "no such job");
+    };
+    match daemon.set_paused(&job_path, paused) {
+        Ok(true) => Answer::json(200, json!({ "ok": true, "paused": paused })),
+        Ok(false) => Answer::error(404, "not_found", format!("no job at {job_path}")),
+        Err(e) => Answer::error(500, "internal_error", e),
+    }
+}
+
 fn run_now(daemon: &Arc<Daemon>, path: &str, query: &str) -> Answer {
-    let encoded = &path["/runner/jobs/".len()..path.len() - "/run-now".len()];
+    let encoded = job_action(path).map_or("", |(e, _)| e);
     let Some(job_path) = crate::percent::decode(encoded) else {
         return Answer::error(404, "not_found", "no such job");
     };
@@ -432,7 +459,9 @@ fn put_config(daemon: &Daemon, body: &[u8]) -> Answer {
         Ok(_) => {
             return validation_failed(&[Problem::whole("expected a JSON object")]);
         }
-        Err(e) => return validation_failed(&[Problem::whole(format!("not JSON: {e}"))]),
+        Err(e) => {
+            return Answer::error(400, "invalid_json", format!("the body is not JSON: {e}"));
+        }
     };
     match daemon.update_config(&patch) {
         Ok(deferred) => Answer::json(200, json!({ "ok": true, "deferred": deferred })),
@@ -456,6 +485,18 @@ mod tests {
             Some(Route::RunNow)
         );
         assert_eq!(find_route("/runner/jobs//run-now").map(|r| r.0), None);
+        assert_eq!(
+            find_route("/runner/jobs/jobs%2Fa/pause").map(|r| r.0),
+            Some(Route::Pause)
+        );
+        assert_eq!(
+            find_route("/runner/jobs/jobs%2Fa/resume").map(|r| r.0),
+            Some(Route::Resume)
+        );
+        assert_eq!(
+            find_route("/runner/jobs/jobs%2Fa/delete").map(|r| r.0),
+            None
+        );
         assert_eq!(find_route("/runner/jobs/x"), None);
         assert_eq!(find_route("/nope"), None);
     }

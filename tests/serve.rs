@@ -1030,3 +1030,72 @@ fn a_scheduler_without_a_vault_sleeps_instead_of_spinning() {
     assert_eq!(s.text("/healthz").0, 200);
     assert!(used < 0.5, "serve used {used} s of CPU in 3 s while paused");
 }
+
+#[test]
+fn pause_and_resume_over_http_and_the_compatibility_details() {
+    let w = world("pause-http");
+    w.vault
+        .add_job("jobs/off", &job("\"0 7 * * *\"", "disabled: true\n"));
+    let s = start(&w, FakeHub::start(), &[], &[]);
+    let admin = s.hub.token("runner:admin");
+    let read = s.hub.token("runner:read");
+    // scheduledJobs counts every loaded job, manual and disabled ones too.
+    let (_, health) = s.get("/healthz", None);
+    assert_eq!(health["scheduledJobs"], 2, "{health}");
+    let route = "/runner/jobs/jobs%2Fdaily%2Fbrief";
+    let (status, body) = s.send("POST", &format!("{route}/pause"), Some(&admin), None);
+    assert_eq!((status, &body), (200, &json!({"ok": true, "paused": true})));
+    let paused = |s: &Served| {
+        let (_, jobs) = s.get("/runner/jobs", Some(&read));
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["jobPath"] == "jobs/daily/brief")
+            .unwrap()["paused"]
+            .clone()
+    };
+    assert_eq!(paused(&s), true);
+    let state = w.state();
+    assert_eq!(state["paused"]["jobs/daily/brief"]["by"], "http", "{state}");
+    let (status, body) = s.send("POST", &format!("{route}/resume"), Some(&admin), None);
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"ok": true, "paused": false}))
+    );
+    assert_eq!(paused(&s), false);
+    // Unknown job, read scope, other method.
+    let (status, body) = s.send("POST", "/runner/jobs/jobs%2Fnope/pause", Some(&admin), None);
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, _) = s.send("POST", &format!("{route}/pause"), Some(&read), None);
+    assert_eq!(status, 403);
+    let (status, body) = s.get(&format!("{route}/resume"), Some(&admin));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    // A PUT whose body is not JSON is invalid_json, not validation_failed.
+    let (status, body) = s.send(
+        "PUT",
+        "/.parachute/config",
+        Some(&admin),
+        Some(b"{nope".to_vec()),
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_json")),
+        "{body}"
+    );
+    // /runner/runs gives 100 rows by default.
+    for i in 0..105 {
+        w.vault.add_note(
+            &format!("jobs/runs/brief/r{i:03}"),
+            "out",
+            &["job-run"],
+            Some(json!({"run_id": format!("r{i:03}")})),
+        );
+    }
+    let (status, runs) = s.get("/runner/runs", Some(&read));
+    assert_eq!(status, 200);
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 100);
+}

@@ -52,6 +52,43 @@ impl Daemon {
         Ok((rt, claimed))
     }
 
+    /// Pauses or resumes one job for `POST /runner/jobs/<path>/pause|resume`
+    /// (SPEC §7.5). `Ok(false)`: no such job.
+    pub fn set_paused(&self, path: &str, paused: bool) -> Result<bool, String> {
+        let (rt, known, runner_dir) = {
+            let s = self.shared();
+            (
+                s.active_rt(),
+                s.table.contains_key(path),
+                s.config.paths.runner_dir.clone(),
+            )
+        };
+        if !known {
+            // A job the last poll has not listed yet is a job all the same.
+            let Some(rt) = &rt else { return Ok(false) };
+            let note = rt.vault.get_note(path).map_err(|e| e.to_string())?;
+            if !note.is_some_and(|n| {
+                n.tags.iter().any(|t| t == crate::vault::JOB_TAG) && !n.is_output()
+            }) {
+                return Ok(false);
+            }
+        }
+        let now = self.clock.now();
+        let by = paused.then(|| crate::state::Paused {
+            by: "http".to_string(),
+            at: now,
+        });
+        crate::state::Store::new(&runner_dir)
+            .set_paused(&[path.to_string()], by, now)
+            .map_err(|e| e.to_string())?;
+        log::info!(
+            "{path}: {} over HTTP",
+            if paused { "paused" } else { "resumed" }
+        );
+        self.wake.notify_all();
+        Ok(true)
+    }
+
     /// Applies a partial config update (PUT /.parachute/config). Returns
     /// the keys whose new value an environment variable or a flag
     /// overrides.
