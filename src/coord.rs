@@ -601,6 +601,24 @@ impl Lease {
     }
 }
 
+/// The run's own note goes out while its lease holds: renewed from the
+/// version the lease last wrote (no read first), cleared after.
+impl Gate for Lease {
+    fn before(&self, _job_path: &str, _run_id: &str) -> Result<Option<String>, VaultError> {
+        if self.lost().is_some() {
+            return Ok(None);
+        }
+        Ok(self
+            .inner
+            .renew()?
+            .then(|| self.inner.lock().updated_at.clone()))
+    }
+
+    fn after(&self, job_path: &str, run_id: &str, token: String) {
+        self.inner.coord.release(job_path, run_id, token);
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.stop();

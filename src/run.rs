@@ -25,7 +25,7 @@ use crate::job::Job;
 use crate::judge::{self, Cause, Ending, Failure, Meta};
 use crate::note::{self, RunInfo};
 use crate::os;
-use crate::outbox::Delivery;
+use crate::outbox::{Delivery, Gate};
 use crate::random;
 use crate::recorder::{Finished, Recorded};
 use crate::state::{JobState, LastRun, LiveRun, Lock, Locked, Running, StateError, Store};
@@ -357,7 +357,7 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
             // A claimed run's note only while the claim is still its own.
             let confirmed = match &lease {
                 None => Ok(Some(String::new())),
-                Some(_) => rt.gate().before(&info.job_path, &info.run_id),
+                Some(lease) => lease.before(&info.job_path, &info.run_id),
             };
             let written = confirmed.and_then(|token| match token {
                 Some(token) => deliver::deliver(rt.vault.as_ref(), &note, None).map(|p| (p, token)),
@@ -369,8 +369,8 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
             let recorded = match written {
                 Ok((path, token)) => {
                     report.written_to = Some(path);
-                    if lease.is_some() {
-                        rt.gate().after(&info.job_path, &info.run_id, token);
+                    if let Some(lease) = &lease {
+                        lease.after(&info.job_path, &info.run_id, token);
                     }
                     record_outcome(rt, &info, ok, &note.path)
                 }
@@ -403,15 +403,19 @@ pub fn execute(rt: &Runtime, claimed: Claimed, hooks: &dyn Hooks) -> Report {
     if !recorded.written {
         report.queued_because = Some("the run could not be recorded in state.json".to_string());
     } else {
-        deliver_now(rt, &entry, &mut report);
+        let gate: &dyn Gate = match &lease {
+            Some(lease) => lease,
+            None => rt.gate(),
+        };
+        deliver_now(rt, &entry, &mut report, gate);
     }
     tell(rt, &report, ping, recorded.notice, &stderr_tail, note_text);
     report
 }
 
 /// Delivers a finished run's outbox entry; what happened goes in `report`.
-fn deliver_now(rt: &Runtime, entry: &Path, report: &mut Report) {
-    match rt.outbox.deliver_entry(rt.vault.as_ref(), entry, rt.gate()) {
+fn deliver_now(rt: &Runtime, entry: &Path, report: &mut Report, gate: &dyn Gate) {
+    match rt.outbox.deliver_entry(rt.vault.as_ref(), entry, gate) {
         Delivery::Delivered(path) => report.written_to = Some(path),
         Delivery::Dropped(why) => {
             report.ok = false;

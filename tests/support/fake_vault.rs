@@ -19,6 +19,9 @@
 //!   `precondition_required`; 404 for a missing note. Every update moves
 //!   `updatedAt` (at least 1 ms), so a stale `if_updated_at` never matches.
 //! - `GET /health` and `GET /vault/{name}/api/health` — open, `{"status":"ok"}`.
+//! - `GET /_counts` — open, not a vault route: requests so far by method,
+//!   `{"GET":n,…}` (itself not counted), for benchmarks that count what a
+//!   runner asks.
 //!
 //! Choices where the vault's behaviour is not pinned down:
 //! - The vault name is checked before the token (unknown vault → 404 even
@@ -523,6 +526,9 @@ impl Shared {
 
     fn record(&self, request: &RecordedRequest) {
         let mut state = self.lock();
+        if request.path() != "/_counts" {
+            *state.counts.entry(request.method.clone()).or_insert(0) += 1;
+        }
         if state.recording {
             state.requests.push(request.clone());
             drop(state);
@@ -555,6 +561,8 @@ struct State {
     by_path: HashMap<String, usize>,
     requests: Vec<RecordedRequest>,
     recording: bool,
+    /// Requests by method, recorded or not.
+    counts: std::collections::BTreeMap<String, u64>,
     faults: Vec<FaultRule>,
     read_only_tokens: Vec<String>,
     /// Microseconds since the epoch of the last stamp handed out.
@@ -569,6 +577,7 @@ impl Default for State {
             by_path: HashMap::new(),
             requests: Vec::new(),
             recording: true,
+            counts: std::collections::BTreeMap::new(),
             faults: Vec::new(),
             read_only_tokens: Vec::new(),
             last_micros: i64::MIN,
@@ -1278,6 +1287,10 @@ fn handle(shared: &Shared, request: &RecordedRequest) -> Reply {
     let method = request.method.as_str();
     match segments.as_slice() {
         ["health"] => only(method, "GET", || Reply::json(200, health_body())),
+        ["_counts"] => only(method, "GET", || {
+            let counts = shared.lock().counts.clone();
+            Reply::json(200, serde_json::json!(counts).to_string())
+        }),
         ["vault", name, "api", rest @ ..] => {
             let name = decode_path_segment(name).unwrap_or_else(|| name.to_string());
             if name != shared.vault {
