@@ -237,12 +237,11 @@ pub fn claim_step(shared: Option<&Shared>, slot: Timestamp, now: Timestamp) -> S
 
 /// How a claim attempt ended.
 pub enum Claimed {
-    /// The slot is ours; `orphan` is an expired claim we took over, whose
-    /// run we must report.
-    Won {
-        lease: Lease,
-        orphan: Option<Box<Claim>>,
-    },
+    /// The slot is ours.
+    Won { lease: Lease },
+    /// An expired claim holds the job: it must be taken over and its run
+    /// reported first (`take_over`), then the slot claimed again.
+    Orphan(Box<Shared>),
     /// Not ours: why (a skip line).
     Lost(String),
 }
@@ -378,13 +377,17 @@ impl Coord {
                         {
                             return Ok(Claimed::Won {
                                 lease: Lease::new(self.clone(), job_path, claim, s.updated_at),
-                                orphan: None,
                             });
                         }
                     }
                     shared = self.read(job_path)?;
                 }
-                Step::Claim { orphan } => {
+                Step::Claim { orphan: Some(_) } => {
+                    if let Some(s) = shared {
+                        return Ok(Claimed::Orphan(Box::new(s)));
+                    }
+                }
+                Step::Claim { orphan: None } => {
                     let s = shared.as_ref().map_or("", |s| s.updated_at.as_str());
                     match self
                         .vault
@@ -394,7 +397,6 @@ impl Coord {
                             let updated_at = note.updated_at.unwrap_or_default();
                             return Ok(Claimed::Won {
                                 lease: Lease::new(self.clone(), job_path, claim, updated_at),
-                                orphan: orphan.map(Box::new),
                             });
                         }
                         Patched::Conflict | Patched::Missing => shared = self.read(job_path)?,
@@ -436,6 +438,22 @@ impl Coord {
             }
         }
         Ok(None)
+    }
+
+    /// Puts back an expired claim this runner took over but could not
+    /// report (the vault did not answer): the next pass anywhere tries
+    /// again at once instead of after this takeover's lease. Best effort.
+    pub fn give_back(&self, job_path: &str, claim: &Claim, updated_at: &str) {
+        let fields = object(json!({ "claim": claim }));
+        if let Err(e) = self
+            .vault
+            .patch_metadata(&state_path(job_path), &fields, updated_at)
+        {
+            log::warn!(
+                "{job_path}: could not give back the expired claim of run {}: {e}",
+                claim.run_id
+            );
+        }
     }
 
     /// Renews the claim of run `run_id` of `job_path` right before its note

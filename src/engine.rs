@@ -528,15 +528,36 @@ fn share(rt: &Runtime, coord: &Coord, pass: &mut Pass, sharing: Sharing) {
             claimed.job.schedule_text.clone(),
             claimed.job.zone.name.clone(),
         );
-        match coord.claim(&claimed.info, p.slot, &schedule, &zone, p.theirs) {
-            Ok(coord::Claimed::Won { lease, orphan }) => {
+        let mut theirs = p.theirs;
+        // An expired claim first: taken over and its run reported, then
+        // the slot claimed from what the note says after that.
+        let mut tries = 0;
+        let outcome = loop {
+            tries += 1;
+            match coord.claim(&claimed.info, p.slot, &schedule, &zone, theirs.take()) {
+                Ok(coord::Claimed::Orphan(shared)) if tries < 3 => {
+                    match take_over_one(rt, coord, &shared) {
+                        Ok(()) => match coord.read(&claimed.info.job_path) {
+                            Ok(now) => theirs = now,
+                            Err(e) => break Err(e.to_string()),
+                        },
+                        Err(why) => break Err(why),
+                    }
+                }
+                Ok(coord::Claimed::Orphan(_)) => {
+                    break Err("the run of an expired claim is not reported yet".to_string());
+                }
+                Ok(other) => break Ok(other),
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        match outcome {
+            Ok(coord::Claimed::Won { lease }) => {
                 lease.start();
                 claimed.lease = Some(lease);
-                if let Some(orphan) = orphan {
-                    report_orphan(rt, &claimed.info.job_path, &orphan);
-                }
             }
             Ok(coord::Claimed::Lost(why)) => given_up.push((p.index, why, None)),
+            Ok(coord::Claimed::Orphan(_)) => {}
             Err(e) => given_up.push((
                 p.index,
                 format!("cannot claim it in the vault: {e}"),
@@ -601,19 +622,32 @@ fn take_over_expired(rt: &Runtime, coord: &Coord, shared: &HashMap<String, Share
         {
             continue;
         }
-        match coord.take_over(theirs) {
-            Ok(Some((claim, updated_at))) => {
-                if report_orphan(rt, &theirs.job_path, &claim) {
-                    coord.release(&theirs.job_path, &claim.run_id, updated_at);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => log::warn!(
-                "{}: cannot take over the expired claim of run {}: {e}",
-                theirs.job_path,
-                claim.run_id
-            ),
+        if let Err(why) = take_over_one(rt, coord, theirs) {
+            log::warn!("{}: {why}", theirs.job_path);
         }
+    }
+}
+
+/// Takes over the expired claim of one job's state note and reports its
+/// run, then clears it. `Err` when the run could not be reported: the
+/// claim is given back as it was, for the next pass to try again.
+fn take_over_one(rt: &Runtime, coord: &Coord, theirs: &Shared) -> Result<(), String> {
+    match coord.take_over(theirs) {
+        Ok(Some((claim, updated_at))) => {
+            if report_orphan(rt, &theirs.job_path, &claim) {
+                coord.release(&theirs.job_path, &claim.run_id, updated_at);
+                Ok(())
+            } else {
+                coord.give_back(&theirs.job_path, &claim, &updated_at);
+                Err(format!(
+                    "the run {} of an expired claim could not be reported yet",
+                    claim.run_id
+                ))
+            }
+        }
+        // Not expired any more, or gone: nothing to report.
+        Ok(None) => Ok(()),
+        Err(e) => Err(format!("cannot take over an expired claim: {e}")),
     }
 }
 

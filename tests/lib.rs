@@ -27,3 +27,4 @@ mod real_claude_probe;
 mod secrets;
 mod serve;
 mod serve_harness;
+mod several_runners;

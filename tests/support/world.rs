@@ -130,3 +130,96 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+// ---------------------------------------------------------------------
+// Several runner homes against one vault (SPEC §12).
+
+/// A runner home of its own (its own `runner/` directory and fake
+/// claude) against a vault that other homes share: one host of several.
+/// The token comes from the environment, so the home holds no secret and
+/// [`Home::wipe`] leaves it as empty as a fresh pod's.
+pub struct Home {
+    pub home: TempDir,
+    pub claude_dir: PathBuf,
+    config: Value,
+}
+
+impl World {
+    /// A home against this world's vault with `claude`, and config.json
+    /// holding the usual keys (vault_url, claude_bin, timezone UTC) and
+    /// those of `extra` (e.g. `{"coordination": "vault"}`).
+    pub fn home(&self, name: &str, claude: FakeClaude, extra: Value) -> Home {
+        Home::new(name, &self.vault, claude, extra)
+    }
+}
+
+impl Home {
+    pub fn new(name: &str, vault: &FakeVault, claude: FakeClaude, extra: Value) -> Home {
+        let home = TempDir::new(name);
+        let claude_dir = home.join("claude");
+        let claude_bin = claude.install(&claude_dir);
+        let mut config = serde_json::json!({
+            "vault_url": vault.url(),
+            "claude_bin": claude_bin,
+            "timezone": "UTC",
+        });
+        if let (Some(doc), Value::Object(more)) = (config.as_object_mut(), extra) {
+            doc.extend(more);
+        }
+        let h = Home {
+            home,
+            claude_dir,
+            config,
+        };
+        h.write_config();
+        h
+    }
+
+    fn write_config(&self) {
+        let runner = self.home.join("runner");
+        std::fs::create_dir_all(&runner).unwrap();
+        std::fs::write(
+            runner.join("config.json"),
+            serde_json::to_vec(&self.config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Removes everything the runner keeps in this home (state, locks,
+    /// outbox, keys) but its config.json.
+    pub fn wipe(&self) {
+        std::fs::remove_dir_all(self.home.join("runner")).unwrap();
+        self.write_config();
+    }
+
+    pub fn runner(&self) -> Runner {
+        Runner::new()
+            .env("PARACHUTE_HOME", self.home.path())
+            .env("HOME", self.home.path())
+            .env("PARACHUTE_RUNNER_VAULT_TOKEN", TOKEN)
+    }
+
+    /// `once` at the given instant.
+    pub fn once_at(&self, now: &str) -> Runner {
+        self.runner()
+            .env("PARACHUTE_RUNNER_NOW", now)
+            .args(["once"])
+    }
+
+    pub fn invocations(&self) -> Vec<Invocation> {
+        fake_claude::invocations(&self.claude_dir)
+    }
+
+    /// state.json, if a pass wrote one.
+    pub fn state(&self) -> Option<Value> {
+        let bytes = std::fs::read(self.home.join("runner/state.json")).ok()?;
+        Some(serde_json::from_slice(&bytes).unwrap())
+    }
+
+    pub fn outbox(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.home.join("runner/outbox")) {
+            Ok(d) => d.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
