@@ -17,6 +17,11 @@
 //! not asked again for `RETRY_MIN`, and requests get 503 at once. An
 //! unknown `kid` forces one reload at most every 10 s, which only the
 //! tokens needing it wait for.
+//!
+//! Long (about 900 lines) because it is one trust decision: the token's
+//! checks, the two caches with their single-flight fetches and deadlines,
+//! and the local admin token belong together, and splitting them would
+//! spread what decides a 401, 403 or 503 over several files.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -1,6 +1,9 @@
 //! The command line (SPEC §8): a lexopt loop per verb filling a plain
 //! struct, then checks of the values, and the help texts (one per verb).
 //! No I/O beyond reading argv.
+//!
+//! Long (about 670 lines) because most of it is the help text of each verb,
+//! kept beside the parser of its flags so the two cannot drift apart.
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -271,6 +271,18 @@ pub fn latest_slot(
     }
 }
 
+/// The plan of a UTC job with `schedule`, for tests.
+#[cfg(test)]
+pub fn test_plan(schedule: &str) -> Plan {
+    Plan {
+        schedule: Schedule::parse(schedule).expect("a valid test schedule"),
+        schedule_text: schedule.into(),
+        zone: Zone::utc(),
+        disabled: false,
+        catch_up: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

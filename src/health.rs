@@ -139,20 +139,10 @@ pub fn is_stale(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::due::test_plan as plan;
     use crate::instant::t;
-    use crate::schedule::{Schedule, Zone};
 
     const HOUR: SignedDuration = SignedDuration::from_hours(1);
-
-    fn plan(schedule: &str) -> Plan {
-        Plan {
-            schedule: Schedule::parse(schedule).unwrap(),
-            schedule_text: schedule.into(),
-            zone: Zone::utc(),
-            disabled: false,
-            catch_up: true,
-        }
-    }
 
     #[test]
     fn three_failures_in_an_hour_give_one_notice_then_a_recovery() {

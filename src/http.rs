@@ -33,6 +33,10 @@
 //!   close` when the connection ends). A request whose bytes were not all
 //!   read is drained briefly after the answer, so closing does not reset
 //!   the connection under the client before it has read the answer.
+//!
+//! Long (about 1,000 lines) because it is a whole small server: the
+//! request parser, every limit and deadline and the accept loop under
+//! pressure are kept in one file, each limit's reason beside its code.
 
 use std::fs::File;
 use std::io::{self, Read, Write};

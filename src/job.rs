@@ -4,6 +4,10 @@
 //!
 //! Pure: no I/O. Templates are checked at run time (`template`), time zones
 //! are resolved through `schedule::Zone`.
+//!
+//! Long (about 850 lines) because every frontmatter key's check lives
+//! here, so that all of a note's problems are found in one place and
+//! reported together (SPEC §4.2).
 
 use std::fmt;
 use std::time::Duration;

@@ -3,18 +3,23 @@
 //!
 //! One pass is a pipeline and the modules follow it, in the order data
 //! flows: `config` (file, environment, `secrets`) → `vault` (REST or a
-//! directory) → `job` (note → checked job, `template`s) → `schedule` (cron
-//! → instants) → `due` (the pure due decision) → `state` (records and
-//! locks, `instant`s on disk) → `engine` (decide and claim a pass, by the
-//! `clock`) → `run` (one claimed run) → `agent` (spawn, capture, stop,
-//! through `os`) → `note` (the output note) → `deliver` and `outbox`
+//! directory) → `job` (note → checked job, `template`s, `tools`) →
+//! `schedule` (cron → instants) → `due` (the pure due decision) → `state`
+//! (records and locks, `instant`s on disk; `health` for notices and
+//! staleness) → `engine` (decide and claim a pass, by the `clock`; `coord`
+//! for claims in the vault across hosts) → `run` (one claimed run) →
+//! `agent` (spawn, feed, stop; `contain` keeps what it starts in a cgroup,
+//! through `os`) → `stream` (its stream-json) → `judge` (success or the
+//! failure's cause) → `note` (the output note) → `deliver` and `outbox`
 //! (writing it, keeping it until written), with `recorder` writing the
-//! outcome and `recover` settling the runs of runners that died.
+//! outcome, `alert` sending pings and notices in the `background`, and
+//! `recover` settling the runs of runners that died.
 //!
-//! `once` and `serve` are the two drivers of the engine; `admin_api`
-//! (on `http`), `auth`, `metrics` and `registration` sit beside `serve`; `inspect` and
-//! `jobs` are the read-only verbs, `cli` the command line. `files`,
-//! `percent`, `random` and `error` serve them all.
+//! `once` and `serve` are the two drivers of the engine; `admin_api` (on
+//! `http`), `auth`, `metrics` and `registration` sit beside `serve`;
+//! `inspect`, `jobs`, `runs` and `doctor` are the other verbs, `cli` the
+//! command line. `files`, `text`, `percent`, `random` and `error` serve
+//! them all.
 
 mod admin_api;
 mod agent;

@@ -5,6 +5,10 @@
 //! The order is what makes crashes safe: the note is in the outbox before
 //! the `running` entry is cleared, and an outbox entry of a run still
 //! marked running is left alone by delivery until recovery settles it.
+//!
+//! Long (about 700 lines) because one run's steps stay in one file: the
+//! order of spool, record and deliver is what makes a crash safe, and the
+//! exceptions to it (a full disk, a lost claim) sit beside the rule.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,10 @@
 //! Deciding and claiming is the engine's, as for `once`, with the same
 //! state, locks and outbox, so the two can run side by side (by mistake)
 //! without a slot firing twice.
+//!
+//! Long (about 700 lines): the start-up (signals, the HTTP server, the
+//! admin token, the first pass) and the scheduling loop, which share the
+//! `Daemon`; the admin routes' side is in `admin`, the runs in `runs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
