@@ -1099,3 +1099,22 @@ fn pause_and_resume_over_http_and_the_compatibility_details() {
     assert_eq!(status, 200);
     assert_eq!(runs["runs"].as_array().unwrap().len(), 100);
 }
+
+#[test]
+fn a_new_services_row_records_the_port_actually_bound() {
+    let w = world("services-port");
+    // `--port 0`: the OS picks the port; the row must say which.
+    let s = start(&w, FakeHub::start(), &[], &[]);
+    let bound: u64 = s.base.rsplit(':').next().unwrap().parse().unwrap();
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(w.home.join("services.json")).unwrap()).unwrap();
+    let ours = doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "parachute-runner")
+        .unwrap()
+        .clone();
+    assert_ne!(bound, 0);
+    assert_eq!(ours["port"], bound, "{doc}");
+}
