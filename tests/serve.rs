@@ -718,6 +718,88 @@ fn max_concurrent_jobs_takes_effect_without_restart() {
     assert!(eventually(Duration::from_secs(30), || w.runs().len() == 4));
 }
 
+/// SPEC §6.5: a run waiting to retry a transient failure gives its
+/// concurrency slot back. With `max_concurrent_jobs: 1`, job A's first
+/// attempt gets a 529 and waits 10 minutes for its retry; job B, started
+/// after that, can only finish if A let go of the one slot.
+#[test]
+fn a_run_waiting_to_retry_gives_its_concurrency_slot_back() {
+    // The first invocation replays the recorded 529 (a transient failure);
+    // every later one answers in plain text.
+    let recorded = crate::support::TempDir::new("retry-slot-529");
+    let fx = fake_claude::Fixture::load("api-529");
+    let stdout = recorded.join("529.stdout");
+    std::fs::write(&stdout, &fx.stdout).unwrap();
+    let first = format!(
+        "if [ \"$(ls \"$d/..\" | wc -l)\" -eq 1 ]; then cat '{}'; exit {}; fi",
+        stdout.display(),
+        fx.exit_code()
+    );
+    let w = World::with_claude("retry-slot", FakeClaude::new().runs(&first).prints("done"));
+    w.vault
+        .add_job("jobs/a", &job("manual", "retries: 1\nretry_delay: 600\n"));
+    w.vault.add_job("jobs/b", &job("manual", ""));
+    let mut s = start(&w, FakeHub::start(), &[], &[]);
+    let admin = s.hub.token("runner:admin");
+    s.send(
+        "PUT",
+        "/.parachute/config",
+        Some(&admin),
+        Some(br#"{"max_concurrent_jobs": 1}"#.to_vec()),
+    );
+    let run_now = |path: &str| {
+        let (status, body) = s.send(
+            "POST",
+            &format!("/runner/jobs/{path}/run-now?async=1"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(status, 202, "{body}");
+    };
+    run_now("jobs%2Fa");
+    // A's first attempt has ended (529) and A is waiting for its retry:
+    // live, holding no slot.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            s.log().contains("jobs/a: attempt 1 failed")
+                && s.running() == 0
+                && s.metric("parachute_runner_waiting_runs") == 1
+        }),
+        "{}",
+        s.log()
+    );
+    run_now("jobs%2Fb");
+    let runs = w
+        .vault
+        .wait_for_notes_tagged("job-run", 1, Duration::from_secs(30));
+    assert_eq!(runs.len(), 1, "B never ran:\n{}", s.log());
+    let m = runs[0].metadata.as_ref().unwrap();
+    assert_eq!(m["parent_job_path"], "jobs/b");
+    let path = runs[0].path.as_deref().unwrap_or_default();
+    assert!(!path.ends_with(".failed"), "{path}: {m}");
+    // B ends (its note comes just before its live entry goes); A waits on.
+    assert!(
+        eventually(Duration::from_secs(30), || s.live_runs() == 1
+            && s.metric("parachute_runner_waiting_runs") == 1),
+        "A still waits: {}",
+        s.log()
+    );
+    assert_eq!(fake_claude::invocations(&w.claude_dir).len(), 2);
+    // Shutdown ends A's wait: its note says so, with both attempts' story.
+    assert!(s.sigterm().success(), "{}", s.log());
+    let a = w
+        .runs()
+        .into_iter()
+        .find(|n| n.metadata.as_ref().unwrap()["parent_job_path"] == "jobs/a")
+        .expect("A's note");
+    let m = a.metadata.unwrap();
+    assert_eq!(m["run_error"], "interrupted: runner shutting down", "{m}");
+    let errors = m["run_attempt_errors"].as_array().expect("attempt errors");
+    assert_eq!(errors.len(), 1, "{m}");
+    assert!(errors[0].as_str().unwrap().contains("529"), "{m}");
+    assert_eq!(fake_claude::invocations(&w.claude_dir).len(), 2);
+}
+
 #[test]
 fn the_loop_fires_at_each_slot_and_re_reads_the_note() {
     let w = World::with_claude("fire", FakeClaude::new().echoes_stdin());
