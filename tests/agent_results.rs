@@ -48,6 +48,11 @@ impl Written {
 /// agent, the job's frontmatter extended by `extra` lines, and reads the
 /// one note it wrote.
 fn run_job(name: &str, claude: FakeClaude, extra: &str) -> Written {
+    run_job_with(name, claude, extra, &[])
+}
+
+/// [`run_job`] with more environment variables for the runner.
+fn run_job_with(name: &str, claude: FakeClaude, extra: &str, env: &[(&str, &str)]) -> Written {
     let dir = TempDir::new(&format!("fixture-{name}"));
     let notes = dir.join("notes");
     let job = format!("jobs/{name}");
@@ -63,13 +68,16 @@ fn run_job(name: &str, claude: FakeClaude, extra: &str) -> Written {
     .unwrap();
     let claude_dir = dir.join("claude");
     let bin = claude.install(&claude_dir);
-    let ran = Runner::new()
+    let mut runner = Runner::new()
         .env("PARACHUTE_HOME", dir.join("home"))
         .env("HOME", dir.path())
         .env("PARACHUTE_RUNNER_CLAUDE_BIN", &bin)
         .args(["once".as_ref(), "--vault-dir".as_ref(), notes.as_os_str()])
-        .args(["--only", &job])
-        .run();
+        .args(["--only", &job]);
+    for (k, v) in env {
+        runner = runner.env(k, v);
+    }
+    let ran = runner.run();
     let mut notes = NoteFile::all_in(&notes.join("jobs/runs").join(name));
     assert_eq!(
         notes.len(),
@@ -637,4 +645,84 @@ fn a_transient_failure_then_a_success_names_the_failed_attempt() {
         "{}",
         w.dump()
     );
+}
+
+/// SPEC §6.2, §4.2: the permission and limit keys of a job reach the
+/// agent's argv; a job without them gets the config's defaults.
+#[test]
+fn the_jobs_permission_and_limit_keys_reach_the_agent() {
+    let extra = "permission_mode: acceptEdits\ndisallowed_tools: [Write, \"Bash(rm:*)\"]\nmax_turns: 7\nmax_budget_usd: 0.25\nfallback_model: claude-haiku-4-5\n";
+    let w = run_job("success-text", FakeClaude::replays("success-text"), extra);
+    assert!(!w.note.is_failed(), "{}", w.dump());
+    let call = &w.calls[0];
+    assert_eq!(call.arg_after("--permission-mode"), Some("acceptEdits"));
+    assert_eq!(
+        call.arg_after("--disallowedTools"),
+        Some("Write,Bash(rm:*)")
+    );
+    assert_eq!(call.arg_after("--max-turns"), Some("7"));
+    assert_eq!(call.arg_after("--max-budget-usd"), Some("0.25"));
+    assert_eq!(call.arg_after("--fallback-model"), Some("claude-haiku-4-5"));
+    assert_eq!(call.arg_after("--allowedTools"), Some("Read"));
+    assert_eq!(call.arg_after("--tools"), Some("Read"));
+
+    // Defaults from the config (here its environment variables); none of
+    // the job-only flags.
+    let w = run_job_with(
+        "success-text",
+        FakeClaude::replays("success-text"),
+        "",
+        &[
+            ("PARACHUTE_RUNNER_PERMISSION_MODE", "plan"),
+            ("PARACHUTE_RUNNER_MAX_BUDGET_USD", "1.5"),
+        ],
+    );
+    assert!(!w.note.is_failed(), "{}", w.dump());
+    let call = &w.calls[0];
+    assert_eq!(call.arg_after("--permission-mode"), Some("plan"));
+    assert_eq!(call.arg_after("--max-budget-usd"), Some("1.5"));
+    for flag in ["--disallowedTools", "--max-turns", "--fallback-model"] {
+        assert_eq!(call.arg_after(flag), None, "{flag}: {:?}", call.argv);
+    }
+}
+
+/// SPEC §6.2: an agent that prints its result and then does not exit is
+/// stopped (10 s after the result line) and the run keeps its answer;
+/// what it left running is gone too.
+#[test]
+fn an_agent_that_hangs_after_its_answer_is_stopped_and_the_run_keeps_it() {
+    let fx = Fixture::load("success-text");
+    let w = run_job(
+        "success-text",
+        FakeClaude::replays("success-text")
+            .leaves_grandchild()
+            .sleeps(300.0),
+        "",
+    );
+    let d = w.dump();
+    assert_eq!(w.ran.code(), Some(0), "{d}");
+    assert!(!w.note.is_failed(), "{d}");
+    let answer = fx.result().unwrap()["result"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(w.note.body, format!("{answer}\n"), "{d}");
+    assert_eq!(
+        w.meta("run_cost_usd"),
+        &fx.result().unwrap()["total_cost_usd"],
+        "{d}"
+    );
+    assert_eq!(w.calls.len(), 1, "{d}");
+    // It never finished on its own, and neither the agent nor the process
+    // it left behind is running.
+    let call = &w.calls[0];
+    assert!(!call.dir.join("finished").exists(), "{d}");
+    assert!(!fake_claude::alive(call.pid()), "{d}");
+    let grandchild: i32 = std::fs::read_to_string(call.dir.join("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!fake_claude::alive(grandchild), "{d}");
 }
