@@ -1200,3 +1200,124 @@ fn a_new_services_row_records_the_port_actually_bound() {
     assert_ne!(bound, 0);
     assert_eq!(ours["port"], bound, "{doc}");
 }
+
+/// SPEC §9.3: `/metrics` adds up what the agents reported (cost, tokens),
+/// counts failures by cause and attempts made again. Three runs of recorded
+/// CLI output in a folder vault: a 529 retried into a success, a 401 and a
+/// turn limit.
+#[test]
+fn metrics_add_up_cost_tokens_failures_by_cause_and_retries() {
+    let dir = crate::support::TempDir::new("serve-metrics");
+    let notes = dir.join("notes");
+    std::fs::create_dir_all(notes.join("jobs")).unwrap();
+    for (name, extra) in [
+        ("retried", "retries: 1\nretry_delay: 0.05\n"),
+        ("unauthorized", ""),
+        ("turns", "max_turns: 1\n"),
+    ] {
+        std::fs::write(
+            notes.join(format!("jobs/{name}.md")),
+            format!("---\ntags: [job]\nschedule: manual\nmodel: m\nallowed_tools: [Read]\n{extra}---\nhi\n"),
+        )
+        .unwrap();
+    }
+    let cases = ["api-529", "success-text", "api-401", "max-turns"];
+    let claude = FakeClaude::replays_in_turn(&cases).install(&dir.join("claude"));
+    let hub = FakeHub::start();
+    let mut child = crate::support::Runner::new()
+        .env("PARACHUTE_HOME", dir.join("home"))
+        .env("PARACHUTE_HUB_ORIGIN", hub.url())
+        .env("PARACHUTE_RUNNER_CLAUDE_BIN", &claude)
+        .args(["serve", "--port", "0"])
+        .args(["--vault-dir".as_ref(), notes.as_os_str()])
+        .spawn();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let base = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve did not start"
+        );
+        if let Some(a) = line.trim().split("serving the admin API on ").nth(1) {
+            break a.to_string();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stderr.read_to_end(&mut sink);
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let admin = format!("Bearer {}", hub.token("runner:admin"));
+    // Synchronous run-now: each answers when its run has ended, so the
+    // recorded cases are replayed in this order.
+    for (job, status) in [
+        ("retried", "ok"),
+        ("unauthorized", "failed"),
+        ("turns", "failed"),
+    ] {
+        let mut r = agent
+            .post(format!("{base}/runner/jobs/jobs%2F{job}/run-now"))
+            .header("Authorization", &admin)
+            .send(&b""[..])
+            .unwrap();
+        let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(body["status"], status, "{job}: {body}");
+    }
+    let text = agent
+        .get(format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    // What the recorded result lines say, summed over the four agents.
+    let results: Vec<Value> = cases
+        .iter()
+        .map(|c| {
+            fake_claude::Fixture::load(c)
+                .result()
+                .expect("a result line")
+        })
+        .collect();
+    let sum = |f: &dyn Fn(&Value) -> f64| results.iter().map(f).sum::<f64>();
+    let cost = sum(&|r| r["total_cost_usd"].as_f64().unwrap());
+    assert!(cost > 0.0);
+    assert!(
+        (value("parachute_runner_agent_cost_usd_total") - cost).abs() < 1e-9,
+        "{text}"
+    );
+    for (kind, key) in [
+        ("input", "input_tokens"),
+        ("output", "output_tokens"),
+        ("cache_read", "cache_read_input_tokens"),
+        ("cache_creation", "cache_creation_input_tokens"),
+    ] {
+        let want = sum(&|r| r["usage"][key].as_f64().unwrap());
+        let series = format!("parachute_runner_agent_tokens_total{{kind=\"{kind}\"}}");
+        assert_eq!(value(&series), want, "{series}\n{text}");
+    }
+    assert!(value("parachute_runner_agent_tokens_total{kind=\"input\"}") > 0.0);
+    assert_eq!(value("parachute_runner_run_retries_total"), 1.0, "{text}");
+    assert_eq!(value("parachute_runner_runs_total{status=\"ok\"}"), 1.0);
+    assert_eq!(value("parachute_runner_runs_total{status=\"failed\"}"), 2.0);
+    for (cause, n) in [
+        ("api", 1.0),
+        ("limit", 1.0),
+        ("timeout", 0.0),
+        ("denied", 0.0),
+    ] {
+        let series = format!("parachute_runner_run_failures_total{{cause=\"{cause}\"}}");
+        assert_eq!(value(&series), n, "{series}\n{text}");
+    }
+}
