@@ -726,3 +726,37 @@ fn an_agent_that_hangs_after_its_answer_is_stopped_and_the_run_keeps_it() {
         .unwrap();
     assert!(!fake_claude::alive(grandchild), "{d}");
 }
+
+/// SPEC §6.2: `bypassPermissions` is warned about at every run (its
+/// allowlist means nothing); the root warning is for that mode only, and
+/// not when `IS_SANDBOX=1` lets claude run it as root.
+#[test]
+fn bypass_permissions_is_warned_about_and_root_only_in_that_mode() {
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    let root_warning = "running as root: claude refuses --permission-mode bypassPermissions";
+    let bypass_warning = "permission_mode bypassPermissions: allowed_tools is not enforced";
+    let run = |extra: &str, sandbox: &str| {
+        let w = run_job_with(
+            "success-text",
+            FakeClaude::replays("success-text"),
+            extra,
+            &[("IS_SANDBOX", sandbox)],
+        );
+        assert!(!w.note.is_failed(), "{}", w.dump());
+        w.ran.stderr()
+    };
+    let default = run("", "0");
+    assert!(!default.contains(bypass_warning), "{default}");
+    assert!(!default.contains(root_warning), "{default}");
+    let bypass = run("permission_mode: bypassPermissions\n", "0");
+    assert!(bypass.contains(bypass_warning), "{bypass}");
+    if root {
+        assert!(bypass.contains(root_warning), "{bypass}");
+    } else {
+        eprintln!("NOTICE: not running as root: the root warning is not checked");
+        assert!(!bypass.contains(root_warning), "{bypass}");
+    }
+    let sandboxed = run("permission_mode: bypassPermissions\n", "1");
+    assert!(sandboxed.contains(bypass_warning), "{sandboxed}");
+    assert!(!sandboxed.contains(root_warning), "{sandboxed}");
+}
