@@ -267,7 +267,7 @@ fn spawn(req: &Request) -> io::Result<(Child, Contained)> {
             return Err(e);
         }
     }
-    match cmd.spawn() {
+    match contain::spawn_child(&mut cmd) {
         Ok(child) => {
             let pid = child.id();
             Ok((child, pending.started(pid)))
@@ -496,9 +496,10 @@ fn start_threads(
     let pid = child.id();
     let tx = tx.clone();
     spawn_thread("agent-wait", move || {
-        if os::wait_exit_keep_zombie(pid).is_ok() {
-            let _ = tx.send(Event::Exited);
-        }
+        // An error (the child already reaped) can only mean it is gone:
+        // the run must not wait for its timeout.
+        let _ = os::wait_exit_keep_zombie(pid);
+        let _ = tx.send(Event::Exited);
     })
 }
 

@@ -21,9 +21,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::process::{Child, Command};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -184,9 +183,8 @@ impl Pending {
     /// The agent `pid` runs: contain it. If it did not land in its cgroup
     /// (the write was refused), it is tracked instead.
     pub fn started(self, pid: u32) -> Contained {
-        spawned().insert(pid);
-        let agent_start = os::process(pid).map_or(0, |p| p.start);
-        live_starts().insert(pid, agent_start);
+        // Recorded by `spawn_child`.
+        let agent_start = live_starts().get(&pid).copied().unwrap_or(0);
         if let Some(dir) = self.cgroup {
             if cgroup_pids(&dir).contains(&pid) {
                 return Contained {
@@ -208,18 +206,14 @@ impl Pending {
             agent_start,
             me: me.map_or((0, 0), |p| (p.pgid, p.sid)),
             seen: Mutex::default(),
-            stop: AtomicBool::new(false),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
         });
         let thread = {
             let tracked = Arc::clone(&tracked);
             std::thread::Builder::new()
                 .name("agent-scan".into())
-                .spawn(move || {
-                    while !tracked.stop.load(Ordering::Relaxed) {
-                        tracked.scan();
-                        std::thread::sleep(SCAN_EVERY);
-                    }
-                })
+                .spawn(move || while tracked.scan_then_wait() {})
         };
         let thread = match thread {
             Ok(t) => Some(t),
@@ -259,7 +253,10 @@ struct Tracked {
     /// The runner's own process group and session: never a target.
     me: (u32, u32),
     seen: Mutex<Seen>,
-    stop: AtomicBool,
+    /// Set at the end of the run; `wake` tells the scan thread at once, so
+    /// the end of a run never waits for the next scan.
+    stop: Mutex<bool>,
+    wake: Condvar,
 }
 
 #[derive(Default)]
@@ -270,6 +267,21 @@ struct Seen {
 }
 
 impl Tracked {
+    /// One scan, then a wait of `SCAN_EVERY` that the end of the run cuts
+    /// short. `false` once the run has ended.
+    fn scan_then_wait(&self) -> bool {
+        self.scan();
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
+        if *stop {
+            return false;
+        }
+        let (stop, _) = self
+            .wake
+            .wait_timeout_while(stop, SCAN_EVERY, |stop| !*stop)
+            .unwrap_or_else(|p| p.into_inner());
+        !*stop
+    }
+
     /// Records the groups and sessions of the run's processes, and reaps
     /// exited orphans.
     fn scan(&self) {
@@ -346,6 +358,21 @@ impl Tracked {
             .copied()
             .collect()
     }
+}
+
+/// Spawns an agent already known as one: the set of spawned children's
+/// lock is held across the spawn and until the agent is also among the
+/// live runs' agents, so no scan (which reads /proc, then the set, then
+/// the live agents) can take the new agent, or a child it starts at once,
+/// for an orphan to reap or kill. `forget` it once it is reaped.
+pub fn spawn_child(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut spawned = spawned();
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    spawned.insert(pid);
+    let start = os::process(pid).map_or(0, |p| p.start);
+    live_starts().insert(pid, start);
+    Ok(child)
 }
 
 /// Reaps the runner's exited children that no `Child` handle owns.
@@ -428,7 +455,8 @@ impl Contained {
                 }
             }
             Kind::Tracked { tracked, thread } => {
-                tracked.stop.store(true, Ordering::Relaxed);
+                *tracked.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                tracked.wake.notify_all();
                 if let Some(t) = thread {
                     let _ = t.join();
                 }

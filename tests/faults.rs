@@ -346,3 +346,36 @@ fn sigkill_at_random_points_50_times() {
         "too few kills landed mid-run ({killed}): the test lost its point"
     );
 }
+
+/// Without a cgroup the runner is the subreaper of what its agents leave,
+/// and reaps or kills orphans born during a run. A run's fresh agent is
+/// not one: quick agents started while other runs end must keep their own
+/// exit. (Found by the bench: an agent counted as an orphan while it was
+/// being spawned was reaped by another run, and its run waited for its
+/// timeout; one pass of 200 runs in about five.)
+#[test]
+fn quick_agents_without_a_cgroup_keep_their_own_exit() {
+    let w = World::with_claude("quick-tracked", FakeClaude::new().prints("ok"));
+    let n = 200;
+    for i in 0..n {
+        w.vault.add_job(
+            &format!("jobs/q{i:03}"),
+            &job("\"* * * * *\"", "timeout: 120\n"),
+        );
+    }
+    w.once_at("2026-01-01T00:00:30Z").run().success();
+    let ran = w
+        .once_at("2026-01-01T00:01:30Z")
+        .env("PARACHUTE_RUNNER_CGROUP", "off")
+        .env("PARACHUTE_RUNNER_MAX_CONCURRENT_JOBS", "8")
+        .run();
+    let runs = w.runs();
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|r| r.metadata.as_ref().unwrap().get("run_error").is_some())
+        .map(|r| r.metadata.as_ref().unwrap().to_string())
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{}", ran.stderr());
+    assert_eq!(runs.len(), n, "{}", ran.stderr());
+    assert_eq!(ran.code(), Some(0), "{}", ran.stderr());
+}
