@@ -239,10 +239,9 @@ fn spawn_thread<F: FnOnce() + Send + 'static>(name: &str, f: F) -> io::Result<()
         .map(|_| ())
 }
 
-fn build(req: &Request) -> Command {
-    let mut cmd = Command::new(&req.program);
-    cmd.args(&req.args)
-        .env_clear()
+/// The environment, directory, pipes and process group of the agent.
+fn configure(cmd: &mut Command, req: &Request) {
+    cmd.env_clear()
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -251,22 +250,21 @@ fn build(req: &Request) -> Command {
     if let Some(dir) = &req.cwd {
         cmd.current_dir(dir);
     }
-    cmd
 }
 
 /// Spawns the agent inside its containment.
 fn spawn(req: &Request) -> io::Result<(Child, Contained)> {
-    let mut pending = contain::prepare(&req.run_id);
-    let mut cmd = build(req);
-    if pending.apply(&mut cmd) {
-        // Joining a cgroup means fork and exec, where exec falls back to
-        // running a file that is not a program with /bin/sh; the usual
-        // spawn refuses it. Refuse it the same way here.
-        if let Err(e) = check_program(req) {
+    let pending = contain::prepare(&req.run_id);
+    let mut cmd = match resolve_program(req).map(|p| pending.command(&p)) {
+        Ok(Some(cmd)) => cmd,
+        Ok(None) => Command::new(&req.program),
+        Err(e) => {
             pending.abandon();
             return Err(e);
         }
-    }
+    };
+    cmd.args(&req.args);
+    configure(&mut cmd, req);
     match contain::spawn_child(&mut cmd) {
         Ok(child) => {
             let pid = child.id();
@@ -279,11 +277,14 @@ fn spawn(req: &Request) -> io::Result<(Child, Contained)> {
     }
 }
 
-/// Fails like exec does for a file that is neither a script (`#!`) nor
-/// an ELF program ("Exec format error"); other errors are left to exec.
-fn check_program(req: &Request) -> io::Result<()> {
+/// The program's file, found as exec would (`PATH` of the agent's
+/// environment for a bare name), with the errors exec would give: not
+/// found, not executable, neither a script (`#!`) nor an ELF program
+/// (exec falls back to running such a file with /bin/sh; a spawn refuses
+/// it, and so does the runner).
+fn resolve_program(req: &Request) -> io::Result<PathBuf> {
     let path = if req.program.contains('/') {
-        Some(PathBuf::from(&req.program))
+        std::path::absolute(&req.program)?
     } else {
         let search = req
             .env
@@ -292,24 +293,20 @@ fn check_program(req: &Request) -> io::Result<()> {
             .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
         search
             .split(':')
+            .filter(|dir| !dir.is_empty())
             .map(|dir| Path::new(dir).join(&req.program))
             .find(|p| p.is_file())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?
     };
-    let Some(path) = path else { return Ok(()) };
-    let executable = std::fs::metadata(&path).is_ok_and(|m| {
-        m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-    });
-    if !executable {
-        // Not ours to judge: exec says why (permission denied, …).
-        return Ok(());
+    let meta = std::fs::metadata(&path)?;
+    if !meta.is_file() || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0
+    {
+        return Err(io::Error::from_raw_os_error(libc::EACCES));
     }
     let mut head = [0u8; 4];
-    let n = match std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)) {
-        Ok(n) => n,
-        Err(_) => return Ok(()),
-    };
+    let n = std::fs::File::open(&path).and_then(|mut f| f.read(&mut head))?;
     if head[..n].starts_with(b"#!") || head[..n] == *b"\x7fELF" {
-        Ok(())
+        Ok(path)
     } else {
         Err(io::Error::from_raw_os_error(libc::ENOEXEC))
     }
@@ -389,14 +386,11 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     let mut left_behind = 0;
     // A cgroup holds every process of the run, its group included; only
     // the tracking mode needs to look at the group too.
-    let group_left = || contained.cgroup().is_none() && !os::group_members(pid).is_empty();
-    if readers_left > 0 || contained.any_left() || group_left() {
+    if readers_left > 0 || contained.any_left(pid) {
         let _ = os::kill_group(pid, os::SIGTERM);
         contained.signal(os::SIGTERM);
         let deadline = Instant::now() + KILL_GRACE;
-        while Instant::now() < deadline
-            && (readers_left > 0 || contained.any_left() || group_left())
-        {
+        while Instant::now() < deadline && (readers_left > 0 || contained.any_left(pid)) {
             wait_for(&rx, Duration::from_millis(50), &mut readers_left, false);
         }
     }

@@ -5,9 +5,10 @@
 //!
 //! Two mechanisms, chosen once per process:
 //! - **cgroup** (cgroup v2, where the runner may create a child of its own
-//!   cgroup: root, or a systemd unit with `Delegate=yes`): the agent joins
-//!   a fresh cgroup between fork and exec, so every descendant is born in
-//!   it, and the end of the run kills the whole cgroup.
+//!   cgroup: root, or a systemd unit with `Delegate=yes`): the agent is
+//!   started by the runner's own binary, which joins a fresh cgroup and
+//!   then execs the agent, so every descendant is born in it; the end of
+//!   the run kills the whole cgroup.
 //! - **subreaper** (everywhere else): the runner is the child subreaper of
 //!   its descendants, so an orphan is re-parented to it rather than to
 //!   init; a scan of /proc every 200 ms records the process groups and
@@ -19,7 +20,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -50,7 +52,13 @@ static MECHANISM: OnceLock<Mechanism> = OnceLock::new();
 /// `allow_cgroup: false` forces the subreaper mode.
 pub fn init(allow_cgroup: bool) -> &'static Mechanism {
     MECHANISM.get_or_init(|| {
-        if allow_cgroup && let Some(dir) = own_cgroup_dir().filter(|d| can_make_child(d)) {
+        // The helper that joins the cgroup is this very binary: not a unit
+        // test's harness (the integration tests run the real binary).
+        let helper = !cfg!(test) && Path::new(SELF_EXE).exists();
+        if allow_cgroup
+            && helper
+            && let Some(dir) = own_cgroup_dir().filter(|d| can_make_child(d))
+        {
             log::debug!("agents run in cgroups under {}", dir.display());
             return Mechanism::Cgroup(dir);
         }
@@ -121,7 +129,6 @@ fn live_starts() -> MutexGuard<'static, HashMap<u32, u64>> {
 /// Containment for one run, before its agent starts.
 pub struct Pending {
     cgroup: Option<PathBuf>,
-    procs: Option<OwnedFd>,
 }
 
 /// Sets up containment for the run `run_id`: in cgroup mode, a fresh
@@ -131,22 +138,13 @@ pub fn prepare(run_id: &str) -> Pending {
         return Pending::none();
     };
     let dir = parent.join(format!("{CGROUP_PREFIX}{run_id}"));
-    let opened = fs::create_dir(&dir).and_then(|()| {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))
-    });
-    match opened {
-        Ok(file) => Pending {
-            cgroup: Some(dir),
-            procs: Some(OwnedFd::from(file)),
-        },
+    match fs::create_dir(&dir) {
+        Ok(()) => Pending { cgroup: Some(dir) },
         Err(e) => {
             log::warn!(
                 "cannot make the cgroup {} ({e}); tracking the agent's processes instead",
                 dir.display()
             );
-            let _ = fs::remove_dir(&dir);
             Pending::none()
         }
     }
@@ -155,22 +153,26 @@ pub fn prepare(run_id: &str) -> Pending {
 impl Pending {
     /// No cgroup: tracking.
     fn none() -> Pending {
-        Pending {
-            cgroup: None,
-            procs: None,
-        }
+        Pending { cgroup: None }
     }
 
-    /// Makes the agent of `cmd` join the run's cgroup before it runs.
-    /// `true` when it will.
-    pub fn apply(&mut self, cmd: &mut Command) -> bool {
-        match self.procs.take() {
-            Some(fd) => {
-                os::join_cgroup_before_exec(cmd, fd);
-                true
-            }
-            None => false,
-        }
+    /// In cgroup mode, the command that starts `program` inside the run's
+    /// cgroup: the runner's own binary (`/proc/self/exe`, the very file
+    /// this process runs) with [`EXEC_IN_CGROUP`] joins the cgroup, then
+    /// becomes the agent by exec, so every process the agent starts is
+    /// born inside. (A join between fork and exec would do the same, but a
+    /// fork of the runner, a process with threads and a heap, cost more
+    /// than the whole rest of a quick run; spawning like this stays a
+    /// vfork.) `program` must be resolved already: an exec that fails in
+    /// the helper is only an exit code.
+    pub fn command(&self, program: &Path) -> Option<Command> {
+        let dir = self.cgroup.as_ref()?;
+        let mut cmd = Command::new(SELF_EXE);
+        cmd.arg0("parachute-runner")
+            .arg(EXEC_IN_CGROUP)
+            .arg(dir.join("cgroup.procs"))
+            .arg(program);
+        Some(cmd)
     }
 
     /// The agent could not be started: undo.
@@ -186,6 +188,9 @@ impl Pending {
         // Recorded by `spawn_child`.
         let agent_start = live_starts().get(&pid).copied().unwrap_or(0);
         if let Some(dir) = self.cgroup {
+            // The helper joins before it becomes the agent; this join (the
+            // same write) makes it so by the time the check below runs.
+            let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
             if cgroup_pids(&dir).contains(&pid) {
                 return Contained {
                     agent: pid,
@@ -213,7 +218,7 @@ impl Pending {
             let tracked = Arc::clone(&tracked);
             std::thread::Builder::new()
                 .name("agent-scan".into())
-                .spawn(move || while tracked.scan_then_wait() {})
+                .spawn(move || while tracked.wait_then_scan() {})
         };
         let thread = match thread {
             Ok(t) => Some(t),
@@ -267,19 +272,20 @@ struct Seen {
 }
 
 impl Tracked {
-    /// One scan, then a wait of `SCAN_EVERY` that the end of the run cuts
-    /// short. `false` once the run has ended.
-    fn scan_then_wait(&self) -> bool {
-        self.scan();
+    /// A wait of `SCAN_EVERY` that the end of the run cuts short, then a
+    /// scan (`started` made the first). `false` once the run has ended.
+    fn wait_then_scan(&self) -> bool {
         let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
-        if *stop {
-            return false;
-        }
         let (stop, _) = self
             .wake
             .wait_timeout_while(stop, SCAN_EVERY, |stop| !*stop)
             .unwrap_or_else(|p| p.into_inner());
-        !*stop
+        if *stop {
+            return false;
+        }
+        drop(stop);
+        self.scan();
+        true
     }
 
     /// Records the groups and sessions of the run's processes, and reaps
@@ -360,6 +366,45 @@ impl Tracked {
     }
 }
 
+/// The hidden first argument of the runner's binary that makes it the
+/// start of a contained agent (see [`Pending::command`]).
+pub const EXEC_IN_CGROUP: &str = "--exec-in-cgroup";
+
+/// The file this process runs, whatever happened to its path since.
+const SELF_EXE: &str = "/proc/self/exe";
+
+/// `parachute-runner --exec-in-cgroup PROCS PROGRAM ARGS…`, spawned by
+/// the runner in place of an agent: writes itself into `PROCS` (a
+/// cgroup's `cgroup.procs`), then execs `PROGRAM ARGS…` with the
+/// environment, directory, descriptors and process group it was given.
+/// Returns only if the exec failed (126/127, with the reason on stderr).
+/// A join that fails leaves it where it is: the runner sees that and
+/// tracks the agent instead.
+pub fn exec_in_cgroup(mut args: impl Iterator<Item = std::ffi::OsString>) -> u8 {
+    let (Some(procs), Some(program)) = (args.next(), args.next()) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "parachute-runner: {EXEC_IN_CGROUP} is the runner's own: PROCS PROGRAM [ARGS...]"
+        );
+        return 2;
+    };
+    let _ = fs::OpenOptions::new()
+        .write(true)
+        .open(&procs)
+        .and_then(|mut f| f.write_all(b"0"));
+    let err = Command::new(&program).args(args).exec();
+    let _ = writeln!(
+        std::io::stderr(),
+        "parachute-runner: cannot run {}: {err}",
+        Path::new(&program).display()
+    );
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
+
 /// Spawns an agent already known as one: the set of spawned children's
 /// lock is held across the spawn and until the agent is also among the
 /// live runs' agents, so no scan (which reads /proc, then the set, then
@@ -411,9 +456,18 @@ impl Contained {
         }
     }
 
-    /// Whether any process of the run but its agent is left.
-    pub fn any_left(&self) -> bool {
-        !self.pids().is_empty()
+    /// Whether any process of the run but its agent is left, or (tracking
+    /// mode; a cgroup holds them all) any live one in process group
+    /// `group`. One read of /proc either way.
+    pub fn any_left(&self, group: u32) -> bool {
+        match &self.kind {
+            Kind::Cgroup(dir) => cgroup_pids(dir).iter().any(|p| *p != self.agent),
+            Kind::Tracked { tracked, .. } => {
+                let all = os::processes();
+                all.iter().any(|p| !p.zombie && p.pgid == group)
+                    || !tracked.members(&all).is_empty()
+            }
+        }
     }
 
     /// Sends `signal` to every process of the run but its agent.

@@ -1,8 +1,8 @@
 //! The one small OS module, and the only `unsafe` in the crate: signals
 //! to process groups, waiting for a child's exit without reaping it, the
 //! effective uid, the open-file limit and glibc's malloc arenas; and the
-//! `/proc` readers (a process's group and start time, the boot id, group
-//! members, processes by argv) that the stopping of agents relies on.
+//! `/proc` readers (a process's group and start time, the boot id, every
+//! process, processes by argv) that the stopping of agents relies on.
 //!
 //! Waiting without reaping matters: while the exited leader is a zombie its
 //! pid cannot be reused, so signalling its process group afterwards can
@@ -11,9 +11,7 @@
 
 use std::io;
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 pub use libc::{SIGINT, SIGKILL, SIGTERM};
@@ -93,27 +91,6 @@ pub fn reap(pid: u32) -> bool {
     // WNOHANG makes it return at once.
     let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
     rc == pid
-}
-
-/// Makes the child of `cmd` join a cgroup before it runs anything: it
-/// writes "0" (itself) to the cgroup's `cgroup.procs`, opened here as
-/// `procs`, between fork and exec. So no process the agent starts is ever
-/// outside the cgroup. A write that fails leaves the child where it is
-/// (the caller checks where it landed): the run must not fail for it.
-pub fn join_cgroup_before_exec(cmd: &mut Command, procs: OwnedFd) {
-    let fd = procs.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec. It only
-    // calls write(2), which is async-signal-safe, on a descriptor that
-    // `procs` keeps open (the closure owns it for as long as `cmd` lives;
-    // it is close-on-exec, so the agent never sees it). It allocates
-    // nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            let _keep = &procs;
-            let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
-            Ok(())
-        });
-    }
 }
 
 /// Sets `fd` non-blocking (the agent's stdin pipe, so its writer can give
@@ -260,17 +237,6 @@ pub fn boot_id() -> Option<String> {
 pub fn self_start() -> Option<u64> {
     static START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     *START.get_or_init(|| process(std::process::id()).map(|p| p.start))
-}
-
-/// Live processes whose process group is `pgid`.
-pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| proc_stat(*pid).is_some_and(|(g, _)| g == pgid))
-        .collect()
 }
 
 /// Caps glibc's malloc arenas at two. By default every new thread may get
