@@ -388,10 +388,20 @@ pub fn exec_in_cgroup(mut args: impl Iterator<Item = std::ffi::OsString>) -> u8 
         );
         return 2;
     };
-    let _ = fs::OpenOptions::new()
-        .write(true)
-        .open(&procs)
-        .and_then(|mut f| f.write_all(b"0"));
+    // Only ever a run's cgroup: a mistyped call must not write to a file.
+    let procs = Path::new(&procs);
+    let is_run_cgroup = procs.file_name().is_some_and(|n| n == "cgroup.procs")
+        && procs
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(CGROUP_PREFIX));
+    if is_run_cgroup {
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .open(procs)
+            .and_then(|mut f| f.write_all(b"0"));
+    }
     let err = Command::new(&program).args(args).exec();
     let _ = writeln!(
         std::io::stderr(),
