@@ -379,3 +379,46 @@ fn quick_agents_without_a_cgroup_keep_their_own_exit() {
     assert_eq!(runs.len(), n, "{}", ran.stderr());
     assert_eq!(ran.code(), Some(0), "{}", ran.stderr());
 }
+
+/// In cgroup mode the agent, and what it starts in a session of its own,
+/// run inside the run's own cgroup from their first instruction (the
+/// runner's binary joins it, then execs the agent); `ps` shows the agent's
+/// own argv. Skipped, with a notice, where the runner cannot make cgroups.
+#[test]
+fn in_cgroup_mode_the_agent_and_its_children_are_born_in_the_runs_cgroup() {
+    let w = due_world(
+        "cgroup-born",
+        FakeClaude::new()
+            .runs(
+                "cat /proc/self/cgroup > \"$d/cgroup\"; setsid sh -c 'cat /proc/self/cgroup' > \"$d/child.cgroup\"; tr '\\0' ' ' < /proc/$$/cmdline > \"$d/cmdline\"",
+            )
+            .prints("ok"),
+        "",
+    );
+    let ran = w.once_at(DUE).env("RUST_LOG", "debug").run();
+    assert_eq!(ran.code(), Some(0), "{}", ran.stderr());
+    if !ran.stderr().contains("agents run in cgroups under") {
+        eprintln!("NOTICE: no cgroup mode here (not root, or no writable cgroup v2): skipped");
+        return;
+    }
+    let runs = w.runs();
+    assert_eq!(runs.len(), 1);
+    let run_id = runs[0].metadata.as_ref().unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let call = fake_claude::only_invocation(&w.claude_dir);
+    let unified = |file: &str| -> String {
+        let text = std::fs::read_to_string(call.dir.join(file)).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or_else(|| panic!("no cgroup v2 line in {file}: {text}"))
+            .to_string()
+    };
+    let want = format!("/parachute-run-{run_id}");
+    assert!(unified("cgroup").ends_with(&want), "{}", unified("cgroup"));
+    assert_eq!(unified("child.cgroup"), unified("cgroup"));
+    let cmdline = std::fs::read_to_string(call.dir.join("cmdline")).unwrap();
+    assert!(!cmdline.contains("exec-in-cgroup"), "{cmdline}");
+    assert!(cmdline.contains(" -p --strict-mcp-config"), "{cmdline}");
+}
