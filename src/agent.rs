@@ -719,16 +719,27 @@ mod tests {
 
     #[test]
     fn cancel_stops_the_group() {
+        let dir = std::env::temp_dir().join(format!("pr-cancel-{}", crate::random::uuid_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ready = dir.join("ready");
+        // The shell says which signal reached it first (its traps run in
+        // signal-number order, so a SIGTERM that came too, on a machine so
+        // loaded the shell did not run for the whole grace, does not hide
+        // a SIGINT that came first).
+        let script = format!(
+            "trap 'echo INT >&2; exit 130' INT; trap 'echo TERM >&2; exit 143' TERM; : > '{}'; while :; do sleep 1; done",
+            ready.display()
+        );
         let (tx, rx) = mpsc::channel();
         let handle = thread::spawn(move || {
             run(
                 Request {
                     program: "/bin/sh".into(),
-                    args: vec!["-c".into(), "echo started; exec sleep 30".into()],
+                    args: vec!["-c".into(), script],
                     env: vec![],
                     cwd: None,
                     stdin: vec![],
-                    timeout: Duration::from_secs(60),
+                    timeout: Duration::from_secs(600),
                     run_id: crate::random::uuid_v4(),
                 },
                 move |c| {
@@ -737,19 +748,16 @@ mod tests {
             )
         });
         let canceller = rx.recv().unwrap();
-        // Once the shell has become `sleep`: a shell still starting up may
-        // not die of SIGINT (the stop sequence then goes on to SIGTERM).
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::fs::read(format!("/proc/{}/cmdline", canceller.pid()))
-            .is_ok_and(|c| !c.starts_with(b"sleep"))
-            && std::time::Instant::now() < deadline
-        {
+        // Once its traps are set.
+        while !ready.exists() {
             thread::sleep(Duration::from_millis(5));
         }
         canceller.cancel("test");
         let out = handle.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(out.stopped, Some(Stopped::Cancelled("test".into())));
         // SIGINT comes first: claude aborts its own tools on it.
+        assert_eq!(String::from_utf8_lossy(&out.stderr_tail).trim(), "INT");
         assert_eq!(out.exit_code, Some(128 + libc::SIGINT));
     }
 }

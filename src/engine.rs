@@ -31,7 +31,7 @@ use crate::recorder::Recorder;
 use crate::recover;
 use crate::run::{self, Claimed};
 use crate::schedule::Zone;
-use crate::state::{Locked, Rejected, StateError, Store};
+use crate::state::{JobState, Locked, Rejected, StateError, Store};
 use crate::tools::PermissionMode;
 use crate::vault::{self, Listing, Note, Vault};
 
@@ -223,31 +223,56 @@ pub fn claim_due(
     let mut sharing = Sharing::default();
     files::ensure_reserve(rt.store.dir());
     let mut locked = rt.store.lock()?;
-    let wanted: Vec<usize> = (0..notes.len())
-        .filter(|&i| {
-            let path = notes[i].path_or_id();
-            if rejected(&locked, path, &hashes[i]).is_some() {
-                return false;
+    // The notes to parse before deciding, outside the lock: changed ones,
+    // and unchanged ones whose slot has come. The plans of the others are
+    // kept for the loop below as long as the lock is not let go.
+    let mut plans: Vec<Option<Plan>> = Vec::with_capacity(notes.len());
+    // With each remembered plan, the decision on it and the entry's
+    // `checked_through` after it: the loop below takes them as they are
+    // when nothing else bears on the decision (no other runner's state, not
+    // paused) and the lock was held throughout.
+    let mut decided: Vec<Option<(Decision, Timestamp)>> = Vec::with_capacity(notes.len());
+    let mut wanted = Vec::new();
+    for (i, note) in notes.iter().enumerate() {
+        let path = note.path_or_id();
+        if rejected(&locked, path, &hashes[i]).is_some() {
+            plans.push(None);
+            decided.push(None);
+            continue;
+        }
+        let entry = locked.state.jobs.get(path);
+        let plan = entry.and_then(|e| Plan::remembered(e, &hashes[i], &mut zones));
+        let decision = match (&plan, entry) {
+            (Some(plan), Some(e)) => {
+                // Only what the decision reads of the entry.
+                let mut copy = Some(JobState {
+                    schedule: e.schedule.clone(),
+                    timezone: e.timezone.clone(),
+                    checked_through: e.checked_through,
+                    last_run: None,
+                    running: None,
+                    note: None,
+                });
+                let d = due::decide(plan, &mut copy, now, rt.policy);
+                copy.map(|c| (d, c.checked_through))
             }
-            let entry = locked.state.jobs.get(path);
-            match entry.and_then(|e| Plan::remembered(e, &hashes[i], &mut zones)) {
-                None => true,
-                Some(plan) => {
-                    let mut entry = entry.cloned();
-                    matches!(
-                        due::decide(&plan, &mut entry, now, rt.policy),
-                        Decision::Run { .. }
-                    )
-                }
-            }
-        })
-        .collect();
+            _ => None,
+        };
+        if !matches!(decision, Some((ref d, _)) if !matches!(d, Decision::Run { .. })) {
+            wanted.push(i);
+        }
+        plans.push(plan);
+        decided.push(decision);
+    }
     if !wanted.is_empty() {
         drop(locked);
         for i in wanted {
             parsed.insert(i, Job::from_note(&notes[i], &rt.default_zone));
         }
         locked = rt.store.lock()?;
+        // Another runner may have written state meanwhile.
+        plans.clear();
+        decided.clear();
     }
     let mut notices = Vec::new();
     if scope == Scope::All {
@@ -303,9 +328,12 @@ pub fn claim_due(
             _ => None,
         };
         // An unchanged note is decided from what the last pass kept of it.
-        let remembered = entry
-            .as_ref()
-            .and_then(|e| Plan::remembered(e, &hashes[i], &mut zones));
+        let remembered = match plans.get_mut(i) {
+            Some(plan) => plan.take(),
+            None => entry
+                .as_ref()
+                .and_then(|e| Plan::remembered(e, &hashes[i], &mut zones)),
+        };
         let (plan, mut parsed_job) = match remembered {
             Some(plan) => (plan, None),
             None => match job() {
@@ -340,8 +368,20 @@ pub fn claim_due(
             coord::merge(&mut entry, theirs, &plan, now);
         }
         let before = entry.as_ref().map(|e| e.checked_through);
+        let paused = locked.state.paused.contains_key(path);
+        let early = match decided.get_mut(i).and_then(Option::take) {
+            Some((d, through)) if theirs.is_none() && !paused && d != Decision::New => {
+                entry.as_mut().map(|e| {
+                    e.checked_through = through;
+                    d
+                })
+            }
+            _ => None,
+        };
         // A paused job is decided as a disabled one (its slots pass).
-        let mut decision = if locked.state.paused.contains_key(path) {
+        let mut decision = if let Some(d) = early {
+            d
+        } else if paused {
             let mut paused = plan.clone();
             paused.disabled = true;
             due::decide(&paused, &mut entry, now, rt.policy)

@@ -171,20 +171,28 @@ pub fn is_full(e: &io::Error) -> bool {
 /// without a read that never ends or never stops. Opened non-blocking, so
 /// even opening a FIFO cannot hang.
 pub fn open_regular(path: &Path) -> io::Result<File> {
+    open_regular_sized(path).map(|(file, _)| file)
+}
+
+/// `open_regular`, with the file's size when opened.
+fn open_regular_sized(path: &Path) -> io::Result<(File, u64)> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::other("not a regular file"));
     }
-    Ok(file)
+    Ok((file, meta.len()))
 }
 
 /// Reads a regular file of at most `cap` bytes (see `open_regular`).
 pub fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
-    let file = open_regular(path)?;
-    let mut bytes = Vec::new();
+    let (file, len) = open_regular_sized(path)?;
+    // Sized once for what the file holds now (one read, no regrowth); a
+    // file that grows meanwhile is still read to the cap.
+    let mut bytes = Vec::with_capacity(usize::try_from(len.min(cap) + 1).unwrap_or(0));
     file.take(cap + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > cap {
         return Err(io::Error::other(format!(
