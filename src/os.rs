@@ -29,6 +29,11 @@ pub fn kill_group(pgid: u32, signal: i32) -> io::Result<bool> {
     // SAFETY: kill(2) takes plain integers and touches no memory of ours;
     // a negative pid addresses the process group.
     let rc = unsafe { libc::kill(-pgid, signal) };
+    kill_result(rc)
+}
+
+/// kill(2)'s answer: `Ok(false)` when no process was there (ESRCH).
+fn kill_result(rc: i32) -> io::Result<bool> {
     if rc == 0 {
         return Ok(true);
     }
@@ -51,15 +56,7 @@ pub fn kill_pid(pid: u32, signal: i32) -> io::Result<bool> {
     }
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     let rc = unsafe { libc::kill(pid, signal) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        Ok(false)
-    } else {
-        Err(err)
-    }
+    kill_result(rc)
 }
 
 /// Makes this process the "child subreaper" of its descendants: a process

@@ -3,7 +3,8 @@
 //! (SPEC §9.1: wait up to `--shutdown-timeout`, then the kill sequence,
 //! `interrupted: runner shutting down` notes).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{Daemon, Live};
@@ -155,30 +156,19 @@ impl Daemon {
                 l.cancel = None;
             }
             self.run_ended.notify_all();
-            let deadline = Instant::now() + delay;
-            while !self.stopping() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                live = self
-                    .run_ended
-                    .wait_timeout(live, left)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
-            }
+            drop(self.wait_ended(live, Instant::now() + delay, |_| self.stopping()));
         }
         self.acquire_permit(run_id)
     }
 
-    /// Shutdown (SPEC §9.1): no new runs; wait up to `timeout` for the
-    /// running ones, then stop the rest with the kill sequence; their notes
-    /// say `interrupted: runner shutting down`.
-    pub(super) fn drain(&self, timeout: Duration) {
-        self.begin_stop();
-        let deadline = Instant::now() + timeout;
-        let mut live = self.live();
-        while !live.is_empty() {
+    /// Waits for runs to end until `done` says so or `deadline` passes.
+    fn wait_ended<'a>(
+        &self,
+        mut live: MutexGuard<'a, HashMap<String, Live>>,
+        deadline: Instant,
+        done: impl Fn(&HashMap<String, Live>) -> bool,
+    ) -> MutexGuard<'a, HashMap<String, Live>> {
+        while !done(&live) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -189,6 +179,16 @@ impl Daemon {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+        live
+    }
+
+    /// Shutdown (SPEC §9.1): no new runs; wait up to `timeout` for the
+    /// running ones, then stop the rest with the kill sequence; their notes
+    /// say `interrupted: runner shutting down`.
+    pub(super) fn drain(&self, timeout: Duration) {
+        self.begin_stop();
+        let deadline = Instant::now() + timeout;
+        let mut live = self.wait_ended(self.live(), deadline, HashMap::is_empty);
         if !live.is_empty() {
             log::warn!(
                 "stopping {} run(s) still going after {}s",
