@@ -291,16 +291,21 @@ fn resolve_program(req: &Request) -> io::Result<PathBuf> {
             .iter()
             .find(|(k, _)| k == "PATH")
             .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-        search
+        // As execvp: the first executable file on the PATH; a file that
+        // is there but not executable only when there is no other.
+        let found: Vec<PathBuf> = search
             .split(':')
             .filter(|dir| !dir.is_empty())
             .map(|dir| Path::new(dir).join(&req.program))
-            .find(|p| p.is_file())
+            .filter(|p| p.is_file())
+            .collect();
+        let executable = found.iter().find(|p| is_executable(p)).cloned();
+        executable
+            .or_else(|| found.into_iter().next())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?
     };
-    let meta = std::fs::metadata(&path)?;
-    if !meta.is_file() || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0
-    {
+    std::fs::metadata(&path)?;
+    if !is_executable(&path) {
         return Err(io::Error::from_raw_os_error(libc::EACCES));
     }
     let mut head = [0u8; 4];
@@ -310,6 +315,13 @@ fn resolve_program(req: &Request) -> io::Result<PathBuf> {
     } else {
         Err(io::Error::from_raw_os_error(libc::ENOEXEC))
     }
+}
+
+/// A regular file with an execute bit.
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| {
+        m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+    })
 }
 
 /// Runs the request to the end. `on_start` receives a `Canceller` once the
