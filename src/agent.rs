@@ -731,6 +731,9 @@ mod tests {
 
     #[test]
     fn cancel_stops_the_group() {
+        // As the binary does at start: a test run started in the
+        // background of a script has SIGINT ignored, and so would the shell.
+        os::unignore_stop_signals();
         let dir = std::env::temp_dir().join(format!("pr-cancel-{}", crate::random::uuid_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let ready = dir.join("ready");

@@ -108,6 +108,7 @@ where
         return contain::exec_in_cgroup(args);
     }
     os::limit_malloc_arenas();
+    os::unignore_stop_signals();
     init_logging();
     let env = Env::os();
     let result = cli::parse(args)

@@ -1,6 +1,7 @@
 //! The one small OS module, and the only `unsafe` in the crate: signals
-//! to process groups, waiting for a child's exit without reaping it, the
-//! effective uid, the open-file limit and glibc's malloc arenas; and the
+//! to process groups, ignored stop signals given back their default,
+//! waiting for a child's exit without reaping it, the effective uid, the
+//! open-file limit and glibc's malloc arenas; and the
 //! `/proc` readers (a process's group and start time, the boot id, every
 //! process, processes by argv) that the stopping of agents relies on.
 //!
@@ -234,6 +235,28 @@ pub fn boot_id() -> Option<String> {
 pub fn self_start() -> Option<u64> {
     static START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     *START.get_or_init(|| process(std::process::id()).map(|p| p.start))
+}
+
+/// Gives SIGINT and SIGQUIT back their default action if this process was
+/// started with them ignored (a job started with `&` by a non-interactive
+/// shell is). An ignored signal stays ignored across exec, so every agent
+/// would ignore the SIGINT that starts the stop sequence, and a shell
+/// agent could not even trap it.
+pub fn unignore_stop_signals() {
+    for signal in [libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: `old` is a zeroed sigaction owned by this frame; with a
+        // null new action, sigaction only writes the current one into it.
+        // signal(2) then sets the default action, which runs no code of
+        // ours.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+            {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+    }
 }
 
 /// Caps glibc's malloc arenas at two. By default every new thread may get

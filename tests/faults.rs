@@ -422,3 +422,31 @@ fn in_cgroup_mode_the_agent_and_its_children_are_born_in_the_runs_cgroup() {
     assert!(!cmdline.contains("exec-in-cgroup"), "{cmdline}");
     assert!(cmdline.contains(" -p --strict-mcp-config"), "{cmdline}");
 }
+
+/// A runner started with SIGINT ignored (in the background of a script)
+/// still gives its agent SIGINT's default action: an ignored signal would
+/// survive exec, and the stop sequence starts with SIGINT.
+#[test]
+fn the_agent_of_a_runner_started_with_sigint_ignored_does_not_ignore_it() {
+    let w = due_world(
+        "sigint-ignored",
+        FakeClaude::new()
+            .runs("grep SigIgn /proc/$$/status > \"$d/sigign\"")
+            .prints("ok"),
+        "",
+    );
+    let ran = w.once_at(DUE).ignoring_sigint().run();
+    assert_eq!(ran.code(), Some(0), "{}", ran.stderr());
+    let call = fake_claude::only_invocation(&w.claude_dir);
+    let mask = |file: &str| -> u64 {
+        let text = std::fs::read_to_string(call.dir.join(file)).unwrap();
+        let hex = text.trim().strip_prefix("SigIgn:").unwrap().trim();
+        u64::from_str_radix(hex, 16).unwrap()
+    };
+    let (int, quit) = (1 << (2 - 1), 1 << (3 - 1));
+    assert_eq!(
+        mask("sigign") & (int | quit),
+        0,
+        "the agent ignores SIGINT or SIGQUIT"
+    );
+}

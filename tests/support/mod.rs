@@ -93,6 +93,30 @@ impl Runner {
         self
     }
 
+    /// The same command, started by a shell that first ignores SIGINT and
+    /// SIGQUIT (as a job started with `&` by a script is): call it last.
+    pub fn ignoring_sigint(self) -> Runner {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg("trap '' INT QUIT; exec \"$0\" \"$@\"")
+            .arg(self.cmd.get_program())
+            .args(self.cmd.get_args())
+            .env_clear();
+        for (k, v) in self.cmd.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        if let Some(dir) = self.cmd.get_current_dir() {
+            cmd.current_dir(dir);
+        }
+        Runner {
+            cmd,
+            stdin: self.stdin,
+        }
+    }
+
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Runner {
         self.stdin = Some(bytes.into());
         self
