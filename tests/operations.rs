@@ -46,14 +46,9 @@ fn read_pid(path: &Path) -> i32 {
 
 /// The session id of a process, from /proc (field 6 of `stat`).
 fn session_of(pid: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
+    crate::support::stat_fields(pid as u32).unwrap()[3]
+        .parse()
         .unwrap()
-        .split_whitespace()
-        .collect();
-    fields[3].parse().unwrap()
 }
 
 fn is_root() -> bool {

@@ -910,6 +910,39 @@ fn registers_in_services_json_keeping_other_rows() {
     assert!(s.log().contains("could not register in services.json"));
 }
 
+/// `serve --port 0 --vault-dir NOTES` with its home in `dir` and `hub` as
+/// its hub; its address, once it serves (the rest of stderr is drained).
+fn serve_folder(
+    runner: crate::support::Runner,
+    dir: &crate::support::TempDir,
+    notes: &std::path::Path,
+    hub: &FakeHub,
+) -> (Child, String) {
+    let mut child = runner
+        .env("PARACHUTE_HOME", dir.join("home"))
+        .env("PARACHUTE_HUB_ORIGIN", hub.url())
+        .args(["serve", "--port", "0"])
+        .args(["--vault-dir".as_ref(), notes.as_os_str()])
+        .spawn();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let base = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve did not start"
+        );
+        if let Some(a) = line.trim().split("serving the admin API on ").nth(1) {
+            break a.to_string();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stderr.read_to_end(&mut sink);
+    });
+    (child, base)
+}
+
 #[test]
 fn runs_in_directory_mode() {
     let dir = crate::support::TempDir::new("serve-dir");
@@ -931,33 +964,7 @@ fn runs_in_directory_mode() {
     )
     .unwrap();
     let hub = FakeHub::start();
-    let mut child = crate::support::Runner::new()
-        .env("PARACHUTE_HOME", dir.join("home"))
-        .env("PARACHUTE_HUB_ORIGIN", hub.url())
-        .args([
-            "serve".as_ref(),
-            "--port".as_ref(),
-            "0".as_ref(),
-            "--vault-dir".as_ref(),
-            notes.as_os_str(),
-        ])
-        .spawn();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let base = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve did not start"
-        );
-        if let Some(a) = line.trim().split("serving the admin API on ").nth(1) {
-            break a.to_string();
-        }
-    };
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = stderr.read_to_end(&mut sink);
-    });
+    let (mut child, base) = serve_folder(crate::support::Runner::new(), &dir, &notes, &hub);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -1060,13 +1067,7 @@ fn put_vault_url_switches_the_vault_at_once() {
 
 /// CPU seconds (user + system) a process has used, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let fields = crate::support::stat_fields(pid).unwrap();
     // After the command: state is field 3, utime 14 and stime 15 (1-based).
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
@@ -1224,29 +1225,8 @@ fn metrics_add_up_cost_tokens_failures_by_cause_and_retries() {
     let cases = ["api-529", "success-text", "api-401", "max-turns"];
     let claude = FakeClaude::replays_in_turn(&cases).install(&dir.join("claude"));
     let hub = FakeHub::start();
-    let mut child = crate::support::Runner::new()
-        .env("PARACHUTE_HOME", dir.join("home"))
-        .env("PARACHUTE_HUB_ORIGIN", hub.url())
-        .env("PARACHUTE_RUNNER_CLAUDE_BIN", &claude)
-        .args(["serve", "--port", "0"])
-        .args(["--vault-dir".as_ref(), notes.as_os_str()])
-        .spawn();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let base = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve did not start"
-        );
-        if let Some(a) = line.trim().split("serving the admin API on ").nth(1) {
-            break a.to_string();
-        }
-    };
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = stderr.read_to_end(&mut sink);
-    });
+    let runner = crate::support::Runner::new().env("PARACHUTE_RUNNER_CLAUDE_BIN", &claude);
+    let (mut child, base) = serve_folder(runner, &dir, &notes, &hub);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

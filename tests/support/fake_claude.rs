@@ -447,15 +447,9 @@ pub fn only_invocation(dir: &Path) -> Invocation {
 
 /// Whether a process with this pid is alive (and not a zombie).
 pub fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state letter follows the `(comm)` field.
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X") | None)
-        }
-        Err(_) => false,
-    }
+    // The state letter follows the `(comm)` field.
+    u32::try_from(pid)
+        .ok()
+        .and_then(super::stat_fields)
+        .is_some_and(|f| !matches!(f.first().map(String::as_str), Some("Z") | Some("X") | None))
 }

@@ -316,6 +316,15 @@ impl NoteFile {
     }
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (which may
+/// itself hold `) `): the state is `[0]`, the session `[3]`, utime `[11]`,
+/// stime `[12]`. `None` once the process is gone.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
 /// The runner's own peak RSS in KiB, from the debug line it logs at exit
 /// (`peak memory: N KiB`, read from /proc/self/status).
 pub fn peak_rss_kib(ran: &Ran) -> u64 {
