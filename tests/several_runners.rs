@@ -444,6 +444,31 @@ fn serve_and_passes_in_two_other_homes_share_an_hour() {
 // 3. A claimant SIGKILLed mid-run.
 // ---------------------------------------------------------------------
 
+/// A world with the job `job_path` on `schedule` and two homes: `a`, whose
+/// agent prints only once `release` exists, and `b`, whose agent answers
+/// at once and whose first pass (00:00:30) has seen the job.
+fn waiting_claimant_and_a_peer(
+    name: &str,
+    job_path: &str,
+    schedule: &str,
+) -> (World, Home, Home, std::path::PathBuf) {
+    let w = World::new(name);
+    let release = w.home.join("release");
+    let a = w.home(
+        &format!("{name}-a"),
+        FakeClaude::new().prints("never").waits_for(&release),
+        coordinated(),
+    );
+    let b = w.home(
+        &format!("{name}-b"),
+        FakeClaude::new().prints("x"),
+        coordinated(),
+    );
+    w.vault.add_job(job_path, &job(schedule, ""));
+    b.once_at(&at(0, 30)).run().success().stdout_empty();
+    (w, a, b, release)
+}
+
 /// Starts a `once` in `a` at `now` whose agent waits, waits for the agent
 /// and for its claim, and returns the runner and the claim.
 fn claimant_running(w: &World, a: &Home, now: &str, job_path: &str) -> (Child, Value) {
@@ -498,17 +523,8 @@ fn assert_interrupted_note(w: &World, claim: &Value, runner_pid: u32) {
 /// write nothing more, and the dead runner's own home stops its agent.
 #[test]
 fn a_claimant_killed_mid_run_is_reported_once_after_its_lease() {
-    let w = World::new("sr-kill");
-    let release = w.home.join("release");
-    let a = w.home(
-        "sr-kill-a",
-        FakeClaude::new().prints("never").waits_for(&release),
-        coordinated(),
-    );
-    let b = w.home("sr-kill-b", FakeClaude::new().prints("x"), coordinated());
     // Minute 1 of every hour: the only slot in the test is 00:01.
-    w.vault.add_job("jobs/k", &job("\"1 * * * *\"", ""));
-    b.once_at(&at(0, 30)).run().success().stdout_empty();
+    let (w, a, b, release) = waiting_claimant_and_a_peer("sr-kill", "jobs/k", "\"1 * * * *\"");
     let (mut child, claimed) = claimant_running(&w, &a, &at(1, 30), "jobs/k");
     let pid = child.id();
     assert_eq!(ts(claimed["slot"].as_str().unwrap()), ts(&at(1, 0)));
@@ -575,20 +591,7 @@ fn a_claimant_killed_mid_run_is_reported_once_after_its_lease() {
 /// own run's note; each slot has at most one note.
 #[test]
 fn a_dead_claimants_next_slot_is_skipped_then_taken_over_with_the_claim() {
-    let w = World::new("sr-kill-next");
-    let release = w.home.join("release");
-    let a = w.home(
-        "sr-kill-next-a",
-        FakeClaude::new().prints("never").waits_for(&release),
-        coordinated(),
-    );
-    let b = w.home(
-        "sr-kill-next-b",
-        FakeClaude::new().prints("x"),
-        coordinated(),
-    );
-    w.vault.add_job("jobs/e", &job(EVERY_MINUTE, ""));
-    b.once_at(&at(0, 30)).run().success().stdout_empty();
+    let (w, a, b, release) = waiting_claimant_and_a_peer("sr-kill-next", "jobs/e", EVERY_MINUTE);
     let (mut child, claimed) = claimant_running(&w, &a, &at(1, 30), "jobs/e");
     let pid = child.id();
     child.kill().unwrap();
@@ -1067,16 +1070,7 @@ fn listings_skip_the_state_notes() {
 /// only note is the taker's `interrupted` one.
 #[test]
 fn a_claimant_whose_claim_is_taken_over_while_it_runs_writes_nothing() {
-    let w = World::new("sr-taken");
-    let release = w.home.join("release");
-    let a = w.home(
-        "sr-taken-a",
-        FakeClaude::new().prints("never").waits_for(&release),
-        coordinated(),
-    );
-    let b = w.home("sr-taken-b", FakeClaude::new().prints("x"), coordinated());
-    w.vault.add_job("jobs/t", &job("\"1 0 * * *\"", ""));
-    b.once_at(&at(0, 30)).run().success().stdout_empty();
+    let (w, a, b, release) = waiting_claimant_and_a_peer("sr-taken", "jobs/t", "\"1 0 * * *\"");
     // a's clock runs 60x from 00:01:30: it renews every 20 simulated s.
     let clock = format!("{},{},60", at(1, 30), Timestamp::now());
     let child = a
@@ -1203,20 +1197,7 @@ fn a_claim_the_vault_refused_leaves_the_slot_due() {
 /// the question "did that run leave a note?" at that moment.
 #[test]
 fn an_orphan_taken_over_with_a_new_claim_is_reported_even_after_a_vault_hiccup() {
-    let w = World::new("sr-orphan-lost");
-    let release = w.home.join("release");
-    let a = w.home(
-        "sr-orphan-lost-a",
-        FakeClaude::new().prints("never").waits_for(&release),
-        coordinated(),
-    );
-    let b = w.home(
-        "sr-orphan-lost-b",
-        FakeClaude::new().prints("x"),
-        coordinated(),
-    );
-    w.vault.add_job("jobs/o", &job(EVERY_MINUTE, ""));
-    b.once_at(&at(0, 30)).run().success().stdout_empty();
+    let (w, a, b, release) = waiting_claimant_and_a_peer("sr-orphan-lost", "jobs/o", EVERY_MINUTE);
     let (mut child, claimed) = claimant_running(&w, &a, &at(1, 30), "jobs/o");
     child.kill().unwrap();
     child.wait().unwrap();
