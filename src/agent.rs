@@ -10,10 +10,11 @@
 //! job; here it is only a path in argv.
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::io::PipeWriter;
 use std::io::{self, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -239,36 +240,25 @@ fn spawn_thread<F: FnOnce() + Send + 'static>(name: &str, f: F) -> io::Result<()
         .map(|_| ())
 }
 
-/// The environment, directory, pipes and process group of the agent.
-fn configure(cmd: &mut Command, req: &Request) {
-    cmd.env_clear()
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if let Some(dir) = &req.cwd {
-        cmd.current_dir(dir);
-    }
-}
-
-/// Spawns the agent inside its containment.
-fn spawn(req: &Request) -> io::Result<(Child, Contained)> {
+/// Spawns the agent inside its containment, with only `req.env`, in its
+/// own process group, its stdio piped to us.
+fn spawn(req: &Request) -> io::Result<(os::Spawned, Contained)> {
+    let program = resolve_program(req)?;
+    let argv: Vec<&OsStr> = std::iter::once(OsStr::new(&req.program))
+        .chain(req.args.iter().map(OsStr::new))
+        .collect();
     let pending = contain::prepare(&req.run_id);
-    let mut cmd = match resolve_program(req).map(|p| pending.command(&p)) {
-        Ok(Some(cmd)) => cmd,
-        Ok(None) => Command::new(&req.program),
-        Err(e) => {
-            pending.abandon();
-            return Err(e);
-        }
-    };
-    cmd.args(&req.args);
-    configure(&mut cmd, req);
-    match contain::spawn_child(&mut cmd) {
+    let spawned = contain::spawn_child(&os::SpawnRequest {
+        program: &program,
+        argv: &argv,
+        env: &req.env,
+        cwd: req.cwd.as_deref(),
+        cgroup_procs: pending.procs(),
+    });
+    match spawned {
         Ok(child) => {
-            let pid = child.id();
-            Ok((child, pending.started(pid)))
+            let contained = pending.started(child.pid, child.joined);
+            Ok((child, contained))
         }
         Err(e) => {
             pending.abandon();
@@ -328,7 +318,7 @@ fn is_executable(path: &Path) -> bool {
 /// process is running.
 pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     let started = Instant::now();
-    let (mut child, contained) = match spawn(&req) {
+    let (child, contained) = match spawn(&req) {
         Ok(v) => v,
         Err(e) => {
             return Outcome {
@@ -337,17 +327,17 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
             };
         }
     };
-    let pid = child.id();
+    let pid = child.pid;
     let (tx, rx) = mpsc::channel();
     let done = Arc::new(AtomicBool::new(false));
     let stdout = Arc::new(Mutex::new(StreamReader::new()));
     let stderr = Arc::new(Mutex::new(Tail::default()));
-    let threads = start_threads(&mut child, &mut req, &tx, &done, &stdout, &stderr);
+    let threads = start_threads(child, &mut req, &tx, &done, &stdout, &stderr);
     if let Err(e) = threads {
         // Nothing can be read or fed: stop it at once.
         let _ = os::kill_group(pid, os::SIGKILL);
         let finished = contained.finish();
-        let _ = child.wait();
+        let _ = os::wait_reap(pid);
         contain::forget(pid);
         finished.release();
         done.store(true, Ordering::Relaxed);
@@ -412,7 +402,7 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     // A process that escaped (another session, not found) may still hold
     // the pipes: do not wait for it forever.
     wait_for(&rx, Duration::from_secs(1), &mut readers_left, false);
-    let status = child.wait();
+    let status = os::wait_reap(pid);
     contain::forget(pid);
     finished.release();
     done.store(true, Ordering::Relaxed);
@@ -460,7 +450,7 @@ fn stop_sequence(pid: u32, contained: &Contained, rx: &Receiver<Event>, readers_
 
 /// The threads of a run: the prompt writer, the two readers, the waiter.
 fn start_threads(
-    child: &mut Child,
+    child: os::Spawned,
     req: &mut Request,
     tx: &Sender<Event>,
     done: &Arc<AtomicBool>,
@@ -470,36 +460,36 @@ fn start_threads(
     // The prompt goes in from its own thread: a child that writes before
     // it reads must not deadlock against us. Non-blocking, so the thread
     // ends with the run whoever keeps the pipe open without reading.
-    if let Some(stdin) = child.stdin.take() {
-        let prompt = std::mem::take(&mut req.stdin);
-        let done = Arc::clone(done);
-        os::set_nonblocking(&stdin)?;
-        spawn_thread("agent-stdin", move || feed(stdin, &prompt, &done))?;
-    }
-    if let Some(mut pipe) = child.stdout.take() {
-        let sink = Arc::clone(stdout);
-        let tx = tx.clone();
-        spawn_thread("agent-stdout", move || {
-            read_all(&mut pipe, |chunk| {
-                let mut reader = sink.lock().unwrap_or_else(|p| p.into_inner());
-                if reader.push(chunk) {
-                    let _ = tx.send(Event::ResultRead);
-                }
-            });
-            let _ = tx.send(Event::ReaderDone);
-        })?;
-    }
-    if let Some(mut pipe) = child.stderr.take() {
-        let sink = Arc::clone(stderr);
-        let tx = tx.clone();
-        spawn_thread("agent-stderr", move || {
-            read_all(&mut pipe, |chunk| {
-                sink.lock().unwrap_or_else(|p| p.into_inner()).push(chunk);
-            });
-            let _ = tx.send(Event::ReaderDone);
-        })?;
-    }
-    let pid = child.id();
+    let os::Spawned {
+        pid,
+        stdin,
+        stdout: mut out,
+        stderr: mut err,
+        ..
+    } = child;
+    let prompt = std::mem::take(&mut req.stdin);
+    let done = Arc::clone(done);
+    os::set_nonblocking(&stdin)?;
+    spawn_thread("agent-stdin", move || feed(stdin, &prompt, &done))?;
+    let sink = Arc::clone(stdout);
+    let tx_out = tx.clone();
+    spawn_thread("agent-stdout", move || {
+        read_all(&mut out, |chunk| {
+            let mut reader = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if reader.push(chunk) {
+                let _ = tx_out.send(Event::ResultRead);
+            }
+        });
+        let _ = tx_out.send(Event::ReaderDone);
+    })?;
+    let sink = Arc::clone(stderr);
+    let tx_err = tx.clone();
+    spawn_thread("agent-stderr", move || {
+        read_all(&mut err, |chunk| {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(chunk);
+        });
+        let _ = tx_err.send(Event::ReaderDone);
+    })?;
     let tx = tx.clone();
     spawn_thread("agent-wait", move || {
         // An error (the child already reaped) can only mean it is gone:
@@ -511,7 +501,7 @@ fn start_threads(
 
 /// Writes `prompt` to the agent's stdin, then closes it; gives up when the
 /// run is `done` or the other end is gone.
-fn feed(mut stdin: ChildStdin, prompt: &[u8], done: &AtomicBool) {
+fn feed(mut stdin: PipeWriter, prompt: &[u8], done: &AtomicBool) {
     let mut at = 0;
     while at < prompt.len() && !done.load(Ordering::Relaxed) {
         match stdin.write(&prompt[at..]) {

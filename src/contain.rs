@@ -6,9 +6,9 @@
 //! Two mechanisms, chosen once per process:
 //! - **cgroup** (cgroup v2, where the runner may create a child of its own
 //!   cgroup: root, or a systemd unit with `Delegate=yes`): the agent is
-//!   started by the runner's own binary, which joins a fresh cgroup and
-//!   then execs the agent, so every descendant is born in it; the end of
-//!   the run kills the whole cgroup.
+//!   started in a fresh cgroup (the child joins it between clone and
+//!   exec, `os::spawn`), so every descendant is born in it; the end of the
+//!   run kills the whole cgroup.
 //! - **subreaper** (everywhere else): the runner is the child subreaper of
 //!   its descendants, so an orphan is re-parented to it rather than to
 //!   init; a scan of /proc every 200 ms records the process groups and
@@ -20,10 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -52,11 +49,7 @@ static MECHANISM: OnceLock<Mechanism> = OnceLock::new();
 /// `allow_cgroup: false` forces the subreaper mode.
 pub fn init(allow_cgroup: bool) -> &'static Mechanism {
     MECHANISM.get_or_init(|| {
-        // The helper that joins the cgroup is this very binary: not a unit
-        // test's harness (the integration tests run the real binary).
-        let helper = !cfg!(test) && Path::new(SELF_EXE).exists();
         if allow_cgroup
-            && helper
             && let Some(dir) = own_cgroup_dir().filter(|d| can_make_child(d))
         {
             log::debug!("agents run in cgroups under {}", dir.display());
@@ -107,7 +100,7 @@ fn can_make_child(dir: &Path) -> bool {
     usable
 }
 
-/// The children this process spawned itself and owns a `Child` handle of
+/// The children this process spawned itself and reaps itself
 /// (agents): never reaped here, never taken for orphans.
 fn spawned() -> MutexGuard<'static, HashSet<u32>> {
     static SPAWNED: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
@@ -128,7 +121,9 @@ fn live_starts() -> MutexGuard<'static, HashMap<u32, u64>> {
 
 /// Containment for one run, before its agent starts.
 pub struct Pending {
-    cgroup: Option<PathBuf>,
+    /// The run's cgroup and its `cgroup.procs`, open for the agent to
+    /// join.
+    cgroup: Option<(PathBuf, fs::File)>,
 }
 
 /// Sets up containment for the run `run_id`: in cgroup mode, a fresh
@@ -138,8 +133,18 @@ pub fn prepare(run_id: &str) -> Pending {
         return Pending::none();
     };
     let dir = parent.join(format!("{CGROUP_PREFIX}{run_id}"));
-    match fs::create_dir(&dir) {
-        Ok(()) => Pending { cgroup: Some(dir) },
+    let made = fs::create_dir(&dir).and_then(|()| {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+            .inspect_err(|_| {
+                let _ = fs::remove_dir(&dir);
+            })
+    });
+    match made {
+        Ok(procs) => Pending {
+            cgroup: Some((dir, procs)),
+        },
         Err(e) => {
             log::warn!(
                 "cannot make the cgroup {} ({e}); tracking the agent's processes instead",
@@ -156,54 +161,37 @@ impl Pending {
         Pending { cgroup: None }
     }
 
-    /// In cgroup mode, the command that starts `program` inside the run's
-    /// cgroup: the runner's own binary (`/proc/self/exe`, the very file
-    /// this process runs) with [`EXEC_IN_CGROUP`] joins the cgroup, then
-    /// becomes the agent by exec, so every process the agent starts is
-    /// born inside. (A join between fork and exec would do the same, but a
-    /// fork of the runner, a process with threads and a heap, cost more
-    /// than the whole rest of a quick run; spawning like this stays a
-    /// vfork.) `program` must be resolved already: an exec that fails in
-    /// the helper is only an exit code.
-    pub fn command(&self, program: &Path) -> Option<Command> {
-        let dir = self.cgroup.as_ref()?;
-        let mut cmd = Command::new(SELF_EXE);
-        cmd.arg0("parachute-runner")
-            .arg(EXEC_IN_CGROUP)
-            .arg(dir.join("cgroup.procs"))
-            .arg(program);
-        Some(cmd)
+    /// In cgroup mode, the run's `cgroup.procs`, for the agent to write
+    /// itself into between clone and exec (`os::SpawnRequest`), so that
+    /// every process it starts is born inside.
+    pub fn procs(&self) -> Option<&fs::File> {
+        self.cgroup.as_ref().map(|(_, procs)| procs)
     }
 
     /// The agent could not be started: undo.
     pub fn abandon(self) {
-        if let Some(dir) = &self.cgroup {
+        if let Some((dir, _)) = &self.cgroup {
             let _ = fs::remove_dir(dir);
         }
     }
 
-    /// The agent `pid` runs: contain it. If it did not land in its cgroup
-    /// (the write was refused), it is tracked instead.
-    pub fn started(self, pid: u32) -> Contained {
+    /// The agent `pid` runs, and `joined` its cgroup or not: contain it.
+    /// If it did not (the write was refused), it is tracked instead.
+    pub fn started(self, pid: u32, joined: bool) -> Contained {
         // Recorded by `spawn_child`.
         let agent_start = live_starts().get(&pid).copied().unwrap_or(0);
-        if let Some(dir) = self.cgroup {
-            // The helper joins before it becomes the agent; this join (the
-            // same write) makes it so by the time the check below runs.
-            let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
-            if cgroup_pids(&dir).contains(&pid) {
+        if let Some((dir, _)) = self.cgroup {
+            if joined {
                 return Contained {
                     agent: pid,
                     kind: Kind::Cgroup(dir),
                 };
             }
             let _ = fs::remove_dir(&dir);
-            if os::process(pid).is_some_and(|p| !p.zombie) {
-                log::warn!(
-                    "the agent did not join its cgroup {}; tracking its processes instead",
-                    dir.display()
-                );
-            }
+            log::warn!(
+                "the agent did not join its cgroup {}; tracking its processes instead",
+                dir.display()
+            );
         }
         let me = os::process(std::process::id());
         let tracked = Arc::new(Tracked {
@@ -366,71 +354,21 @@ impl Tracked {
     }
 }
 
-/// The hidden first argument of the runner's binary that makes it the
-/// start of a contained agent (see [`Pending::command`]).
-pub const EXEC_IN_CGROUP: &str = "--exec-in-cgroup";
-
-/// The file this process runs, whatever happened to its path since.
-const SELF_EXE: &str = "/proc/self/exe";
-
-/// `parachute-runner --exec-in-cgroup PROCS PROGRAM ARGS…`, spawned by
-/// the runner in place of an agent: writes itself into `PROCS` (a
-/// cgroup's `cgroup.procs`), then execs `PROGRAM ARGS…` with the
-/// environment, directory, descriptors and process group it was given.
-/// Returns only if the exec failed (126/127, with the reason on stderr).
-/// A join that fails leaves it where it is: the runner sees that and
-/// tracks the agent instead.
-pub fn exec_in_cgroup(mut args: impl Iterator<Item = std::ffi::OsString>) -> u8 {
-    let (Some(procs), Some(program)) = (args.next(), args.next()) else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "parachute-runner: {EXEC_IN_CGROUP} is the runner's own: PROCS PROGRAM [ARGS...]"
-        );
-        return 2;
-    };
-    // Only ever a run's cgroup: a mistyped call must not write to a file.
-    let procs = Path::new(&procs);
-    let is_run_cgroup = procs.file_name().is_some_and(|n| n == "cgroup.procs")
-        && procs
-            .parent()
-            .and_then(Path::file_name)
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(CGROUP_PREFIX));
-    if is_run_cgroup {
-        let _ = fs::OpenOptions::new()
-            .write(true)
-            .open(procs)
-            .and_then(|mut f| f.write_all(b"0"));
-    }
-    let err = Command::new(&program).args(args).exec();
-    let _ = writeln!(
-        std::io::stderr(),
-        "parachute-runner: cannot run {}: {err}",
-        Path::new(&program).display()
-    );
-    if err.kind() == std::io::ErrorKind::NotFound {
-        127
-    } else {
-        126
-    }
-}
-
 /// Spawns an agent already known as one: the set of spawned children's
 /// lock is held across the spawn and until the agent is also among the
 /// live runs' agents, so no scan (which reads /proc, then the set, then
 /// the live agents) can take the new agent, or a child it starts at once,
 /// for an orphan to reap or kill. `forget` it once it is reaped.
-pub fn spawn_child(cmd: &mut Command) -> std::io::Result<Child> {
+pub fn spawn_child(req: &os::SpawnRequest<'_>) -> std::io::Result<os::Spawned> {
     let mut spawned = spawned();
-    let child = cmd.spawn()?;
-    let pid = child.id();
-    spawned.insert(pid);
-    let start = os::process(pid).map_or(0, |p| p.start);
-    live_starts().insert(pid, start);
+    let child = os::spawn(req)?;
+    spawned.insert(child.pid);
+    let start = os::process(child.pid).map_or(0, |p| p.start);
+    live_starts().insert(child.pid, start);
     Ok(child)
 }
 
-/// Reaps the runner's exited children that no `Child` handle owns.
+/// Reaps the runner's exited children that are not agents (orphans).
 fn reap_orphans(all: &[Process]) {
     let me = std::process::id();
     let spawned = spawned().clone();
@@ -616,7 +554,7 @@ pub fn kill_leftover_cgroup(dir: &Path) -> usize {
     killed
 }
 
-/// The agent `pid` was reaped through its `Child` handle: it is no longer
+/// The agent `pid` was reaped (`os::wait_reap`): it is no longer
 /// one of ours.
 pub fn forget(pid: u32) {
     spawned().remove(&pid);

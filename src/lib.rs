@@ -99,14 +99,7 @@ where
     I: IntoIterator,
     I::Item: Into<OsString>,
 {
-    let mut args = args.into_iter().map(Into::into).peekable();
-    if args
-        .peek()
-        .is_some_and(|a: &OsString| a == contain::EXEC_IN_CGROUP)
-    {
-        args.next();
-        return contain::exec_in_cgroup(args);
-    }
+    let args = args.into_iter().map(Into::into);
     os::limit_malloc_arenas();
     os::unignore_stop_signals();
     init_logging();

@@ -450,3 +450,38 @@ fn the_agent_of_a_runner_started_with_sigint_ignored_does_not_ignore_it() {
         "the agent ignores SIGINT or SIGQUIT"
     );
 }
+
+/// A runner started with stdin, stdout and stderr closed (`<&- >&- 2>&-`)
+/// runs its job as any other: the files it opens must not land on 0..2
+/// (where a log line would write into them; Rust's runtime puts /dev/null
+/// there first), and the agent's stdio are still its three pipes.
+#[test]
+fn a_runner_started_with_its_stdio_closed_runs_its_job() {
+    let w = due_world(
+        "stdio-closed",
+        FakeClaude::new()
+            .runs("exec 3> \"$d/pipes\"; for f in 0 1 2; do [ -p /proc/$$/fd/$f ] && echo $f >&3; done; exec 3>&-")
+            .prints("answer"),
+        "",
+    );
+    let ran = w.once_at(DUE).with_stdio_closed().run();
+    assert_eq!(ran.code(), Some(0));
+    let runs = w.runs();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].content, "answer", "{:?}", runs[0].metadata);
+    assert!(
+        runs[0]
+            .metadata
+            .as_ref()
+            .unwrap()
+            .get("run_error")
+            .is_none()
+    );
+    let call = fake_claude::only_invocation(&w.claude_dir);
+    assert!(!call.stdin.is_empty(), "the agent got no prompt");
+    let pipes = std::fs::read_to_string(call.dir.join("pipes")).unwrap();
+    assert_eq!(pipes, "0\n1\n2\n", "the agent's stdio are not all pipes");
+    // Nothing the runner printed went into its own files.
+    let state = std::fs::read_to_string(w.home.join("runner/state.json")).unwrap();
+    serde_json::from_str::<Value>(&state).unwrap();
+}

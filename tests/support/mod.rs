@@ -96,9 +96,21 @@ impl Runner {
     /// The same command, started by a shell that first ignores SIGINT and
     /// SIGQUIT (as a job started with `&` by a script is): call it last.
     pub fn ignoring_sigint(self) -> Runner {
+        self.through_shell("trap '' INT QUIT; exec \"$0\" \"$@\"")
+    }
+
+    /// The same command, started with its stdin, stdout and stderr closed
+    /// (`<&- >&- 2>&-`): it prints nothing the test can read. Call it last.
+    pub fn with_stdio_closed(self) -> Runner {
+        self.through_shell("exec \"$0\" \"$@\" <&- >&- 2>&-")
+    }
+
+    /// The same command, exec'd by `/bin/sh -c script` (`"$0" "$@"` are
+    /// the program and its arguments).
+    fn through_shell(self, script: &str) -> Runner {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
-            .arg("trap '' INT QUIT; exec \"$0\" \"$@\"")
+            .arg(script)
             .arg(self.cmd.get_program())
             .args(self.cmd.get_args())
             .env_clear();
