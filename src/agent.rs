@@ -203,6 +203,8 @@ enum Event {
 pub struct Canceller {
     tx: Sender<Event>,
     pid: u32,
+    /// The agent's start time (clock ticks after boot), 0 if unknown.
+    start: u64,
     cgroup: Option<PathBuf>,
 }
 
@@ -212,6 +214,7 @@ impl Canceller {
         Canceller {
             tx: mpsc::channel().0,
             pid: 0,
+            start: 0,
             cgroup: None,
         }
     }
@@ -224,6 +227,11 @@ impl Canceller {
     /// The agent's pid, which is also its process group id (0: none).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The agent's start time in clock ticks after boot (0: unknown).
+    pub fn start(&self) -> u64 {
+        self.start
     }
 
     /// The run's cgroup, when it has one.
@@ -273,8 +281,8 @@ fn spawn(req: &Request) -> io::Result<(os::Spawned, Contained)> {
 /// (exec falls back to running such a file with /bin/sh; a spawn refuses
 /// it, and so does the runner).
 fn resolve_program(req: &Request) -> io::Result<PathBuf> {
-    let path = if req.program.contains('/') {
-        std::path::absolute(&req.program)?
+    let found = if req.program.contains('/') {
+        (std::path::absolute(&req.program)?, None)
     } else {
         let search = req
             .env
@@ -283,19 +291,33 @@ fn resolve_program(req: &Request) -> io::Result<PathBuf> {
             .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
         // As execvp: the first executable file on the PATH; a file that
         // is there but not executable only when there is no other.
-        let found: Vec<PathBuf> = search
-            .split(':')
-            .filter(|dir| !dir.is_empty())
-            .map(|dir| Path::new(dir).join(&req.program))
-            .filter(|p| p.is_file())
-            .collect();
-        let executable = found.iter().find(|p| is_executable(p)).cloned();
+        let mut not_executable = None;
+        let mut executable = None;
+        for dir in search.split(':').filter(|dir| !dir.is_empty()) {
+            let path = Path::new(dir).join(&req.program);
+            match std::fs::metadata(&path) {
+                Ok(m) if is_executable(&m) => {
+                    executable = Some((path, Some(m)));
+                    break;
+                }
+                Ok(m) if m.is_file() && not_executable.is_none() => {
+                    not_executable = Some((path, Some(m)));
+                }
+                _ => {}
+            }
+        }
         executable
-            .or_else(|| found.into_iter().next())
+            .or(not_executable)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?
     };
-    std::fs::metadata(&path)?;
-    if !is_executable(&path) {
+    let (path, meta) = match found {
+        (path, Some(meta)) => (path, meta),
+        (path, None) => {
+            let meta = std::fs::metadata(&path)?;
+            (path, meta)
+        }
+    };
+    if !is_executable(&meta) {
         return Err(io::Error::from_raw_os_error(libc::EACCES));
     }
     let mut head = [0u8; 4];
@@ -308,10 +330,8 @@ fn resolve_program(req: &Request) -> io::Result<PathBuf> {
 }
 
 /// A regular file with an execute bit.
-fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| {
-        m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-    })
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    meta.is_file() && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0
 }
 
 /// Runs the request to the end. `on_start` receives a `Canceller` once the
@@ -349,6 +369,7 @@ pub fn run(mut req: Request, on_start: impl FnOnce(Canceller)) -> Outcome {
     on_start(Canceller {
         tx,
         pid,
+        start: contain::agent_start(pid),
         cgroup: contained.cgroup().map(Path::to_path_buf),
     });
 

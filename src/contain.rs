@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,12 +45,19 @@ pub enum Mechanism {
 }
 
 static MECHANISM: OnceLock<Mechanism> = OnceLock::new();
+static CGROUPS_ALLOWED: AtomicBool = AtomicBool::new(true);
 
-/// Chooses the mechanism (once; later calls return the first answer).
-/// `allow_cgroup: false` forces the subreaper mode.
-pub fn init(allow_cgroup: bool) -> &'static Mechanism {
+/// Whether the mechanism may be cgroups (`false` forces the subreaper
+/// mode); it is chosen when first needed, so a pass that starts no agent
+/// never probes the cgroup tree. Call it before any agent starts.
+pub fn allow_cgroups(allow: bool) {
+    CGROUPS_ALLOWED.store(allow, Ordering::Relaxed);
+}
+
+/// The mechanism of this process, chosen on the first call.
+pub fn mechanism() -> &'static Mechanism {
     MECHANISM.get_or_init(|| {
-        if allow_cgroup
+        if CGROUPS_ALLOWED.load(Ordering::Relaxed)
             && let Some(dir) = own_cgroup_dir().filter(|d| can_make_child(d))
         {
             log::debug!("agents run in cgroups under {}", dir.display());
@@ -63,12 +71,6 @@ pub fn init(allow_cgroup: bool) -> &'static Mechanism {
         }
         Mechanism::Subreaper
     })
-}
-
-/// The mechanism in use (chosen now with cgroups allowed if `init` was
-/// never called).
-pub fn mechanism() -> &'static Mechanism {
-    init(true)
 }
 
 /// The cgroup v2 directory this process is in, from /proc/self/cgroup
@@ -178,8 +180,7 @@ impl Pending {
     /// The agent `pid` runs, and `joined` its cgroup or not: contain it.
     /// If it did not (the write was refused), it is tracked instead.
     pub fn started(self, pid: u32, joined: bool) -> Contained {
-        // Recorded by `spawn_child`.
-        let agent_start = live_starts().get(&pid).copied().unwrap_or(0);
+        let agent_start = agent_start(pid);
         if let Some((dir, _)) = self.cgroup {
             if joined {
                 return Contained {
@@ -552,6 +553,12 @@ pub fn kill_leftover_cgroup(dir: &Path) -> usize {
     let killed = finished.killed;
     finished.release();
     killed
+}
+
+/// The start time of the live run's agent `pid`, as read when it was
+/// spawned (0: unknown).
+pub fn agent_start(pid: u32) -> u64 {
+    live_starts().get(&pid).copied().unwrap_or(0)
 }
 
 /// The agent `pid` was reaped (`os::wait_reap`): it is no longer

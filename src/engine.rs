@@ -73,7 +73,7 @@ impl Runtime {
     /// vault has no token.
     pub fn open(config: &Config) -> Result<Runtime, String> {
         let vault = vault::open(config, config.http)?;
-        crate::contain::init(config.cgroups);
+        crate::contain::allow_cgroups(config.cgroups);
         let child_env = agent::child_env(&config.env);
         let notifier = Notifier {
             argv: config.notify.clone(),

@@ -1,23 +1,84 @@
-//! Instants in state files as RFC 3339 text, read with a fast path for the
-//! form this runner writes (`2026-01-01T08:00:00.123Z`): a pass reads one
-//! per job, and jiff's general parser is several times slower. Other forms
-//! still parse, through jiff.
+//! Instants in state files as RFC 3339 text, read and written with a fast
+//! path for the form this runner writes (`2026-01-01T08:00:00.123Z`): a
+//! pass reads and writes a few per job, and jiff's general parser and
+//! printer are several times slower. Other forms still parse, through
+//! jiff, and instants with a fraction of a second print through it.
 
+use std::fmt;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserializer, Serializer};
 
 pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(t)
+    match format_utc(*t) {
+        Some(text) => s.serialize_str(text.as_str()),
+        None => s.collect_str(t),
+    }
 }
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
-    let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-    match parse_utc(&text) {
-        Some(t) => Ok(t),
-        None => text.parse().map_err(serde::de::Error::custom),
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Timestamp;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an RFC 3339 instant")
+        }
+        // Borrowed or not, no copy of the text is made.
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Timestamp, E> {
+            match parse_utc(text) {
+                Some(t) => Ok(t),
+                None => text.parse().map_err(E::custom),
+            }
+        }
     }
+    d.deserialize_str(Text)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, as jiff prints it, for a whole second of the
+/// years 0000..=9999; `None` for anything else.
+struct Utc([u8; 20]);
+
+impl Utc {
+    fn as_str(&self) -> &str {
+        // Only ASCII digits and `-T:Z` are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+fn format_utc(t: Timestamp) -> Option<Utc> {
+    if t.subsec_nanosecond() != 0 {
+        return None;
+    }
+    let secs = t.as_second();
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // H. Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let mut put = |at: usize, width: usize, mut n: i64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, of_day / 3600);
+    put(14, 2, of_day / 60 % 60);
+    put(17, 2, of_day % 60);
+    Some(Utc(out))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, or `None` for anything else.
@@ -128,6 +189,35 @@ mod tests {
             in_zone(t("2026-03-08T07:00:00Z"), &jiff::tz::TimeZone::UTC),
             "2026-03-08T07:00:00+00:00"
         );
+    }
+
+    #[test]
+    fn fast_printing_agrees_with_jiff() {
+        // Every day of 1900..2200 at a few times of day, and the edges.
+        let start = t("1900-01-01T00:00:00Z").as_second();
+        for day in 0..(300 * 366) {
+            for of_day in [0, 3599, 86_399] {
+                let at = Timestamp::from_second(start + day * 86_400 + of_day).unwrap();
+                let fast = format_utc(at).unwrap();
+                assert_eq!(fast.as_str(), at.to_string());
+            }
+        }
+        for text in [
+            "0000-01-01T00:00:00Z",
+            "9999-12-30T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(format_utc(t(text)).unwrap().as_str(), text);
+            assert_eq!(t(text).to_string(), text);
+        }
+        assert!(format_utc(t("2026-01-01T00:00:00.5Z")).is_none());
+        assert!(format_utc(Timestamp::MIN).is_none());
+        // Through serde, the same either way.
+        for text in ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00.25Z"] {
+            let mut out = Vec::new();
+            serialize(&t(text), &mut serde_json::Serializer::new(&mut out)).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), format!("\"{text}\""));
+        }
     }
 
     #[test]

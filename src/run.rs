@@ -672,7 +672,12 @@ fn run_attempts(
 /// Writes which process group and cgroup the agent is in.
 fn record_agent(path: &Path, cancel: &Canceller, job_path: &str) {
     let pid = cancel.pid();
-    if let Some((_, start)) = os::proc_stat(pid) {
+    // Read when it was spawned; from /proc only if that read failed.
+    let start = match cancel.start() {
+        0 => os::proc_stat(pid).map(|(_, start)| start),
+        start => Some(start),
+    };
+    if let Some(start) = start {
         let record = serde_json::json!({
             "pgid": pid,
             "start": start,

@@ -127,16 +127,24 @@ impl Schedule {
     /// Parses a schedule as a job note writes it: a preset or a cron
     /// expression.
     pub fn parse(text: &str) -> Result<Schedule, ScheduleError> {
+        const PRESETS: [(&str, &str); 8] = [
+            ("hourly", "0 * * * *"),
+            ("@hourly", "0 * * * *"),
+            ("daily", "0 0 * * *"),
+            ("@daily", "0 0 * * *"),
+            ("weekly", "0 0 * * 0"),
+            ("@weekly", "0 0 * * 0"),
+            ("@monthly", "0 0 1 * *"),
+            ("@yearly", "0 0 1 1 *"),
+        ];
         let trimmed = text.trim();
-        let expr = match trimmed.to_ascii_lowercase().as_str() {
-            "manual" => return Ok(Schedule::Manual),
-            "hourly" | "@hourly" => "0 * * * *",
-            "daily" | "@daily" => "0 0 * * *",
-            "weekly" | "@weekly" => "0 0 * * 0",
-            "@monthly" => "0 0 1 * *",
-            "@yearly" => "0 0 1 1 *",
-            _ => trimmed,
-        };
+        if trimmed.eq_ignore_ascii_case("manual") {
+            return Ok(Schedule::Manual);
+        }
+        let expr = PRESETS
+            .iter()
+            .find(|(name, _)| trimmed.eq_ignore_ascii_case(name))
+            .map_or(trimmed, |(_, expr)| expr);
         Cron::parse(expr).map(Schedule::Cron)
     }
 
@@ -265,9 +273,16 @@ impl Cron {
     /// Parses a 5-field (`m h dom mon dow`) or 6-field (`s m h dom mon dow`)
     /// expression.
     pub fn parse(expr: &str) -> Result<Cron, ScheduleError> {
-        let fields: Vec<&str> = expr.split_ascii_whitespace().collect();
-        let (sec, rest) = match fields.len() {
-            5 => ("0", &fields[..]),
+        let mut fields = [""; 6];
+        let mut count = 0;
+        for field in expr.split_ascii_whitespace() {
+            if let Some(slot) = fields.get_mut(count) {
+                *slot = field;
+            }
+            count += 1;
+        }
+        let (sec, rest) = match count {
+            5 => ("0", &fields[..5]),
             6 => (fields[0], &fields[1..]),
             _ => {
                 return Err(ScheduleError::Shape {
@@ -457,6 +472,13 @@ fn parse_field(text: &str, spec: &FieldSpec) -> Result<u64, ScheduleError> {
         text: text.to_string(),
         reason,
     };
+    // The common forms first: `*` and a plain number.
+    if text == "*" {
+        return Ok(span(spec.min, spec.max));
+    }
+    if !text.is_empty() && text.len() <= 2 && text.bytes().all(|b| b.is_ascii_digit()) {
+        return value(text, spec).map(|v| 1 << v).map_err(fail);
+    }
     let mut set = 0u64;
     for item in text.split(',') {
         let (range, step) = match item.split_once('/') {
@@ -484,19 +506,39 @@ fn parse_field(text: &str, spec: &FieldSpec) -> Result<u64, ScheduleError> {
             // `a/n` runs from a to the end of the field.
             (a, if step.is_some() { spec.max } else { a })
         };
-        let step = step.unwrap_or(1);
-        let mut v = low;
-        while v <= high {
-            set |= 1 << v;
-            v += step;
+        match step {
+            None | Some(1) => set |= span(low, high),
+            Some(step) => {
+                let mut v = low;
+                while v <= high {
+                    set |= 1 << v;
+                    v += step;
+                }
+            }
         }
     }
     Ok(set)
 }
 
+/// The bits `low..=high` (`high` ≤ 59).
+fn span(low: u32, high: u32) -> u64 {
+    (u64::MAX >> (63 - high)) & (u64::MAX << low)
+}
+
 fn value(text: &str, spec: &FieldSpec) -> Result<u32, String> {
     if text.is_empty() {
         return Err("empty value".into());
+    }
+    if text.len() <= 2
+        && let Some(n) = text.bytes().try_fold(0u32, |n, b| {
+            b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+        })
+    {
+        return if (spec.min..=spec.max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{n} is out of range {}-{}", spec.min, spec.max))
+        };
     }
     if let Some(i) = spec
         .names

@@ -276,10 +276,17 @@ impl Store {
         file.lock()
             .map_err(|e| Self::io(&self.dir.join(LOCKS_DIR).join("state.lock"), e))?;
         let lock = Lock { _file: file };
-        let state = self.load(true)?;
+        let (state, bytes) = self.load_with_bytes(true)?;
+        // What `commit` compares with: the file as read, or what an empty
+        // state would be written as (so a pass that changes nothing writes
+        // nothing, even the first).
+        let original = match bytes {
+            Some(bytes) => bytes,
+            None => serialized(&state).map_err(|e| Self::io(&self.state_path(), e))?,
+        };
         Ok(Locked {
             path: self.state_path(),
-            original: state.clone(),
+            original,
             state,
             _lock: lock,
         })
@@ -307,13 +314,20 @@ impl Store {
     }
 
     fn load(&self, locked: bool) -> Result<State, StateError> {
+        self.load_with_bytes(locked).map(|(state, _)| state)
+    }
+
+    /// The state, and the bytes it was read from (`None`: no file, or a
+    /// damaged one moved aside).
+    fn load_with_bytes(&self, locked: bool) -> Result<(State, Option<Vec<u8>>), StateError> {
         let path = self.state_path();
         let Some(bytes) = files::read_optional(&path, MAX_STATE).map_err(|e| Self::io(&path, e))?
         else {
-            return Ok(State {
+            let empty = State {
                 version: VERSION,
                 ..State::default()
-            });
+            };
+            return Ok((empty, None));
         };
         match serde_json::from_slice::<State>(&bytes) {
             Ok(state) if state.version > VERSION => Err(StateError::Version {
@@ -322,7 +336,7 @@ impl Store {
             }),
             Ok(mut state) => {
                 state.version = VERSION;
-                Ok(state)
+                Ok((state, Some(bytes)))
             }
             Err(e) if !locked => Err(StateError::Damaged {
                 path,
@@ -342,10 +356,11 @@ impl Store {
                     aside.display()
                 );
                 let _ = fs::rename(&path, &aside);
-                Ok(State {
+                let empty = State {
                     version: VERSION,
                     ..State::default()
-                })
+                };
+                Ok((empty, None))
             }
         }
     }
@@ -430,20 +445,20 @@ pub fn job_lock_name(job_path: &str) -> String {
 /// changed; dropping it releases the lock without writing.
 pub struct Locked {
     path: PathBuf,
-    original: State,
+    /// The file as it was read. Comparing the new bytes with it costs less
+    /// than keeping a copy of the state to compare with (a pass over 1,000
+    /// jobs: a clone, its drop and a deep comparison).
+    original: Vec<u8>,
     pub state: State,
     _lock: Lock,
 }
 
 impl Locked {
     pub fn commit(self) -> Result<(), StateError> {
-        if self.state == self.original {
+        let bytes = serialized(&self.state).map_err(|e| Store::io(&self.path, e))?;
+        if bytes == self.original {
             return Ok(());
         }
-        // Compact: it is rewritten after every run.
-        let mut bytes = serde_json::to_vec(&self.state)
-            .map_err(|e| Store::io(&self.path, io::Error::other(e)))?;
-        bytes.push(b'\n');
         match files::write_atomic(&self.path, &bytes) {
             Err(e) if files::is_full(&e) => {
                 let dir = self.path.parent().unwrap_or(Path::new("."));
@@ -459,6 +474,14 @@ impl Locked {
             other => other.map_err(|e| Store::io(&self.path, e)),
         }
     }
+}
+
+/// The state file's bytes: compact JSON (it is rewritten after every run)
+/// and a newline.
+fn serialized(state: &State) -> io::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -477,6 +500,34 @@ mod tests {
         let name = job_lock_name(&long);
         assert!(name.len() < 255, "{}", name.len());
         assert_ne!(name, job_lock_name(&"x/".repeat(301)));
+    }
+
+    #[test]
+    fn a_commit_that_changes_nothing_writes_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("pr-state-{}", crate::random::hex(6)));
+        let store = Store::new(&dir);
+        let file = dir.join(STATE_FILE);
+        // No file, nothing changed: still no file.
+        store.lock().unwrap().commit().unwrap();
+        assert!(!file.exists());
+        let mut locked = store.lock().unwrap();
+        let paused = Paused {
+            by: "test".into(),
+            at: t("2026-01-01T00:00:00Z"),
+        };
+        locked.state.paused.insert("jobs/j".into(), paused);
+        locked.commit().unwrap();
+        let inode = fs::metadata(&file).unwrap().ino();
+        // Read and committed as it was: the same file, not a new one.
+        store.lock().unwrap().commit().unwrap();
+        assert_eq!(fs::metadata(&file).unwrap().ino(), inode);
+        let mut locked = store.lock().unwrap();
+        locked.state.paused.clear();
+        locked.commit().unwrap();
+        assert_ne!(fs::metadata(&file).unwrap().ino(), inode);
+        assert!(store.read().unwrap().paused.is_empty());
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
