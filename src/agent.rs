@@ -255,17 +255,27 @@ fn spawn(req: &Request) -> io::Result<(os::Spawned, Contained)> {
     let argv: Vec<&OsStr> = std::iter::once(OsStr::new(&req.program))
         .chain(req.args.iter().map(OsStr::new))
         .collect();
-    let pending = contain::prepare(&req.run_id);
-    let spawned = contain::spawn_child(&os::SpawnRequest {
-        program: &program,
-        argv: &argv,
-        env: &req.env,
-        cwd: req.cwd.as_deref(),
-        cgroup_procs: pending.procs(),
-    });
+    let mut pending = contain::prepare(&req.run_id);
+    let spawn = |pending: &contain::Pending| {
+        contain::spawn_child(&os::SpawnRequest {
+            program: &program,
+            argv: &argv,
+            env: &req.env,
+            cwd: req.cwd.as_deref(),
+            cgroup_procs: pending.procs(),
+        })
+    };
+    let mut spawned = spawn(&pending);
+    if let Err(e) = &spawned
+        && os::is_join_error(e)
+    {
+        log::warn!("the agent {e}; tracking its processes instead");
+        pending = pending.without_cgroup();
+        spawned = spawn(&pending);
+    }
     match spawned {
         Ok(child) => {
-            let contained = pending.started(child.pid, child.joined);
+            let contained = pending.started(child.pid);
             Ok((child, contained))
         }
         Err(e) => {

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,16 @@ fn live_starts() -> MutexGuard<'static, HashMap<u32, u64>> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
+/// Held shared by each spawn from before its clone until its agent is in
+/// `spawned` and `live_starts`, and exclusively by a scan that has just
+/// read /proc, around its reading of those two: a scan never sees a
+/// freshly spawned agent (or a child it started at once) without its
+/// registration, and spawns do not wait for one another.
+fn spawn_gate() -> &'static RwLock<()> {
+    static GATE: RwLock<()> = RwLock::new(());
+    &GATE
+}
+
 /// Containment for one run, before its agent starts.
 pub struct Pending {
     /// The run's cgroup and its `cgroup.procs`, open for the agent to
@@ -177,22 +187,22 @@ impl Pending {
         }
     }
 
-    /// The agent `pid` runs, and `joined` its cgroup or not: contain it.
-    /// If it did not (the write was refused), it is tracked instead.
-    pub fn started(self, pid: u32, joined: bool) -> Contained {
+    /// The agent could not join the cgroup (and did not run): its cgroup
+    /// is removed, and the next spawn is tracked instead.
+    pub fn without_cgroup(self) -> Pending {
+        self.abandon();
+        Pending::none()
+    }
+
+    /// The agent `pid` runs (in the cgroup, if there is one: it does not
+    /// run otherwise): contain it.
+    pub fn started(self, pid: u32) -> Contained {
         let agent_start = agent_start(pid);
         if let Some((dir, _)) = self.cgroup {
-            if joined {
-                return Contained {
-                    agent: pid,
-                    kind: Kind::Cgroup(dir),
-                };
-            }
-            let _ = fs::remove_dir(&dir);
-            log::warn!(
-                "the agent did not join its cgroup {}; tracking its processes instead",
-                dir.display()
-            );
+            return Contained {
+                agent: pid,
+                kind: Kind::Cgroup(dir),
+            };
         }
         let me = os::process(std::process::id());
         let tracked = Arc::new(Tracked {
@@ -322,12 +332,15 @@ impl Tracked {
             false
         };
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let spawned = spawned().clone();
-        let others: Vec<(u32, u64)> = live_starts()
-            .iter()
-            .filter(|(pid, _)| **pid != self.agent)
-            .map(|(pid, start)| (*pid, *start))
-            .collect();
+        let (spawned, others) = {
+            let _gate = spawn_gate().write().unwrap_or_else(|p| p.into_inner());
+            let others: Vec<(u32, u64)> = live_starts()
+                .iter()
+                .filter(|(pid, _)| **pid != self.agent)
+                .map(|(pid, start)| (*pid, *start))
+                .collect();
+            (spawned().clone(), others)
+        };
         all.iter()
             .filter(|p| !p.zombie && p.pid != me && p.pid != self.agent)
             .filter(|p| descends(p, me) || p.ppid == me)
@@ -355,16 +368,16 @@ impl Tracked {
     }
 }
 
-/// Spawns an agent already known as one: the set of spawned children's
-/// lock is held across the spawn and until the agent is also among the
-/// live runs' agents, so no scan (which reads /proc, then the set, then
-/// the live agents) can take the new agent, or a child it starts at once,
-/// for an orphan to reap or kill. `forget` it once it is reaped.
+/// Spawns an agent already known as one: `spawn_gate` is held across the
+/// spawn and until the agent is among the spawned children and the live
+/// runs' agents, so no scan (which reads /proc, then those) can take the
+/// new agent, or a child it starts at once, for an orphan to reap or kill.
+/// `forget` it once it is reaped.
 pub fn spawn_child(req: &os::SpawnRequest<'_>) -> std::io::Result<os::Spawned> {
-    let mut spawned = spawned();
+    let _gate = spawn_gate().read().unwrap_or_else(|p| p.into_inner());
     let child = os::spawn(req)?;
-    spawned.insert(child.pid);
     let start = os::process(child.pid).map_or(0, |p| p.start);
+    spawned().insert(child.pid);
     live_starts().insert(child.pid, start);
     Ok(child)
 }
@@ -372,7 +385,10 @@ pub fn spawn_child(req: &os::SpawnRequest<'_>) -> std::io::Result<os::Spawned> {
 /// Reaps the runner's exited children that are not agents (orphans).
 fn reap_orphans(all: &[Process]) {
     let me = std::process::id();
-    let spawned = spawned().clone();
+    let spawned = {
+        let _gate = spawn_gate().write().unwrap_or_else(|p| p.into_inner());
+        spawned().clone()
+    };
     for p in all {
         if p.zombie && p.ppid == me && !spawned.contains(&p.pid) {
             os::reap(p.pid);
@@ -545,13 +561,24 @@ pub fn kill_leftover_cgroup(dir: &Path) -> usize {
     if !ours || !dir.exists() {
         return 0;
     }
-    let finished = Contained {
-        agent: 0,
-        kind: Kind::Cgroup(dir.to_path_buf()),
+    // Killed until it can be removed: an agent the dead runner was still
+    // spawning may join it after a look finds it empty (one that finds it
+    // removed does not run at all).
+    let mut killed = 0;
+    for _ in 0..100 {
+        killed += Contained {
+            agent: 0,
+            kind: Kind::Cgroup(dir.to_path_buf()),
+        }
+        .finish()
+        .killed;
+        match fs::remove_dir(dir) {
+            Ok(()) => return killed,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return killed,
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
     }
-    .finish();
-    let killed = finished.killed;
-    finished.release();
+    log::warn!("cannot remove the cgroup {}", dir.display());
     killed
 }
 

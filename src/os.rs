@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 pub use libc::{SIGINT, SIGKILL, SIGTERM};
@@ -294,7 +294,9 @@ pub struct SpawnRequest<'a> {
     pub env: &'a [(String, String)],
     pub cwd: Option<&'a Path>,
     /// An open `cgroup.procs` the child writes itself into before exec,
-    /// so that it and all it starts are born in that cgroup.
+    /// so that it and all it starts are born in that cgroup. If it cannot
+    /// (the cgroup was removed meanwhile, or the write is refused), it
+    /// does not exec: [`is_join_error`] tells that error.
     pub cgroup_procs: Option<&'a File>,
 }
 
@@ -304,8 +306,6 @@ pub struct Spawned {
     pub stdin: PipeWriter,
     pub stdout: PipeReader,
     pub stderr: PipeReader,
-    /// Whether it joined the cgroup it was given before it exec'd.
-    pub joined: bool,
 }
 
 /// The child's stack: it runs only the few calls of `child_main`.
@@ -327,7 +327,6 @@ struct ChildArgs {
     stdio: [c_int; 3],
     /// -1: no cgroup.
     cgroup: c_int,
-    joined: AtomicBool,
     /// 0: exec'd; else the step that failed (`Stage`) and its errno.
     stage: AtomicI32,
     errno: AtomicI32,
@@ -338,6 +337,26 @@ const STAGE_GROUP: i32 = 1;
 const STAGE_STDIO: i32 = 2;
 const STAGE_CWD: i32 = 3;
 const STAGE_EXEC: i32 = 4;
+const STAGE_JOIN: i32 = 5;
+
+/// The error of a child that could not join its cgroup (and so did not
+/// run its program).
+#[derive(Debug)]
+struct JoinError(io::Error);
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot join its cgroup: {}", self.0)
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// Whether `err`, from [`spawn`], says the child could not join its
+/// cgroup.
+pub fn is_join_error(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|e| e.is::<JoinError>())
+}
 
 /// Starts a child as `posix_spawn` does (a `clone` that shares our memory
 /// and suspends this thread until the child execs, so no page of ours is
@@ -400,7 +419,6 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
             stderr_child.as_raw_fd(),
         ],
         cgroup: req.cgroup_procs.map_or(-1, |f| f.as_raw_fd()),
-        joined: AtomicBool::new(false),
         stage: AtomicI32::new(0),
         errno: AtomicI32::new(0),
     };
@@ -456,6 +474,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
                 ),
             ),
             STAGE_EXEC => err,
+            STAGE_JOIN => io::Error::other(JoinError(err)),
             _ => io::Error::new(err.kind(), format!("cannot set up the child: {err}")),
         });
     }
@@ -464,7 +483,6 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
         stdin,
         stdout,
         stderr,
-        joined: args.joined.load(Ordering::Acquire),
     })
 }
 
@@ -569,8 +587,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 libc::sigaction(signal, &dfl, std::ptr::null_mut());
             }
         }
-        if a.cgroup >= 0 && libc::write(a.cgroup, b"0".as_ptr().cast(), 1) == 1 {
-            a.joined.store(true, Ordering::Release);
+        // Not in its cgroup, it must not run: a cgroup removed under it
+        // means its run is over (a dead runner's, cleaned up).
+        if a.cgroup >= 0 && libc::write(a.cgroup, b"0".as_ptr().cast(), 1) != 1 {
+            fail(STAGE_JOIN);
         }
         if libc::setpgid(0, 0) != 0 {
             fail(STAGE_GROUP);
@@ -660,6 +680,29 @@ mod tests {
         };
         assert_eq!(mask("SigBlk:"), 0, "{out}");
         assert_eq!(mask("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
+    }
+
+    #[test]
+    fn a_child_that_cannot_join_its_cgroup_does_not_run() {
+        let marker = std::env::temp_dir().join(format!("os-join-{}", std::process::id()));
+        // A file the write of the join fails on (opened read-only), as it
+        // fails on the `cgroup.procs` of a removed cgroup.
+        let procs = File::open("/dev/null").unwrap();
+        let script = format!("touch {}", marker.display());
+        let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&script)];
+        let err = spawn(&SpawnRequest {
+            program: Path::new("/bin/sh"),
+            argv: &argv,
+            env: &[],
+            cwd: None,
+            cgroup_procs: Some(&procs),
+        })
+        .err()
+        .unwrap();
+        assert!(is_join_error(&err), "{err}");
+        assert!(err.to_string().contains("cannot join its cgroup"), "{err}");
+        assert!(!marker.exists(), "the program ran");
+        assert!(!is_join_error(&io::Error::other("x")));
     }
 
     #[test]

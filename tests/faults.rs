@@ -382,8 +382,8 @@ fn quick_agents_without_a_cgroup_keep_their_own_exit() {
 
 /// In cgroup mode the agent, and what it starts in a session of its own,
 /// run inside the run's own cgroup from their first instruction (the
-/// runner's binary joins it, then execs the agent); `ps` shows the agent's
-/// own argv. Skipped, with a notice, where the runner cannot make cgroups.
+/// child joins it between clone and exec); `ps` shows the agent's own
+/// argv. Skipped, with a notice, where the runner cannot make cgroups.
 #[test]
 fn in_cgroup_mode_the_agent_and_its_children_are_born_in_the_runs_cgroup() {
     let w = due_world(
