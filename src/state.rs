@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -229,16 +230,32 @@ impl fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
+/// A state and the bytes of the file that holds it.
+type Committed = (Vec<u8>, State);
+
 /// The runner directory's state file and locks.
 #[derive(Clone, Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// The state as this process last committed (or found unchanged) under
+    /// the lock, with the file's bytes then. The next lock that reads the
+    /// same bytes takes it instead of parsing them again: the parse is
+    /// most of what a lock holds, and runs going on at once wait for one
+    /// another there. Shared by the store's clones.
+    cache: Arc<Mutex<Option<Committed>>>,
 }
 
 impl Store {
     /// `dir` is the runner directory (`$PARACHUTE_HOME/runner`).
     pub fn new(dir: impl Into<PathBuf>) -> Store {
-        Store { dir: dir.into() }
+        Store {
+            dir: dir.into(),
+            cache: Arc::default(),
+        }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Option<Committed>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn dir(&self) -> &Path {
@@ -276,7 +293,10 @@ impl Store {
         file.lock()
             .map_err(|e| Self::io(&self.dir.join(LOCKS_DIR).join("state.lock"), e))?;
         let lock = Lock { _file: file };
-        let (state, bytes) = self.load_with_bytes(true)?;
+        // Taken out either way: a lock dropped without commit may have
+        // changed it.
+        let cached = self.cache().take();
+        let (state, bytes) = self.load_with_bytes(true, cached)?;
         // What `commit` compares with: the file as read, or what an empty
         // state would be written as (so a pass that changes nothing writes
         // nothing, even the first).
@@ -288,6 +308,7 @@ impl Store {
             path: self.state_path(),
             original,
             state,
+            cache: Arc::clone(&self.cache),
             _lock: lock,
         })
     }
@@ -314,12 +335,17 @@ impl Store {
     }
 
     fn load(&self, locked: bool) -> Result<State, StateError> {
-        self.load_with_bytes(locked).map(|(state, _)| state)
+        self.load_with_bytes(locked, None).map(|(state, _)| state)
     }
 
     /// The state, and the bytes it was read from (`None`: no file, or a
-    /// damaged one moved aside).
-    fn load_with_bytes(&self, locked: bool) -> Result<(State, Option<Vec<u8>>), StateError> {
+    /// damaged one moved aside). `cached`, if its bytes are the file's, is
+    /// the state without a parse.
+    fn load_with_bytes(
+        &self,
+        locked: bool,
+        cached: Option<Committed>,
+    ) -> Result<(State, Option<Vec<u8>>), StateError> {
         let path = self.state_path();
         let Some(bytes) = files::read_optional(&path, MAX_STATE).map_err(|e| Self::io(&path, e))?
         else {
@@ -329,6 +355,9 @@ impl Store {
             };
             return Ok((empty, None));
         };
+        if let Some((_, state)) = cached.filter(|(b, _)| *b == bytes) {
+            return Ok((state, Some(bytes)));
+        }
         match serde_json::from_slice::<State>(&bytes) {
             Ok(state) if state.version > VERSION => Err(StateError::Version {
                 path,
@@ -450,6 +479,7 @@ pub struct Locked {
     /// jobs: a clone, its drop and a deep comparison).
     original: Vec<u8>,
     pub state: State,
+    cache: Arc<Mutex<Option<Committed>>>,
     _lock: Lock,
 }
 
@@ -457,9 +487,10 @@ impl Locked {
     pub fn commit(self) -> Result<(), StateError> {
         let bytes = serialized(&self.state).map_err(|e| Store::io(&self.path, e))?;
         if bytes == self.original {
+            self.keep(bytes);
             return Ok(());
         }
-        match files::write_atomic(&self.path, &bytes) {
+        let written = match files::write_atomic(&self.path, &bytes) {
             Err(e) if files::is_full(&e) => {
                 let dir = self.path.parent().unwrap_or(Path::new("."));
                 if !files::release_reserve(dir) {
@@ -472,7 +503,24 @@ impl Locked {
                 files::write_atomic(&self.path, &bytes).map_err(|e| Store::io(&self.path, e))
             }
             other => other.map_err(|e| Store::io(&self.path, e)),
+        };
+        if written.is_ok() {
+            self.keep(bytes);
         }
+        written
+    }
+
+    /// Leaves the state, now the file's `bytes`, for the next lock (the
+    /// state lock is still held: no one else wrote meanwhile).
+    fn keep(self, bytes: Vec<u8>) {
+        let Locked {
+            state,
+            cache,
+            _lock,
+            ..
+        } = self;
+        *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((bytes, state));
+        drop(_lock);
     }
 }
 
@@ -527,6 +575,37 @@ mod tests {
         locked.commit().unwrap();
         assert_ne!(fs::metadata(&file).unwrap().ino(), inode);
         assert!(store.read().unwrap().paused.is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_lock_takes_its_last_commit_only_while_the_file_holds_it() {
+        let dir = std::env::temp_dir().join(format!("pr-state-{}", crate::random::hex(6)));
+        let store = Store::new(&dir);
+        let paused = |by: &str| Paused {
+            by: by.into(),
+            at: t("2026-01-01T00:00:00Z"),
+        };
+        let mut locked = store.lock().unwrap();
+        locked.state.paused.insert("jobs/a".into(), paused("me"));
+        locked.commit().unwrap();
+        // Another writer (another process, or a hand) changes the file.
+        let mut other = store.read().unwrap();
+        other.paused.insert("jobs/b".into(), paused("them"));
+        fs::write(dir.join(STATE_FILE), serialized(&other).unwrap()).unwrap();
+        assert_eq!(store.lock().unwrap().state, other);
+        // A lock dropped without commit does not leave its changes behind.
+        let mut locked = store.lock().unwrap();
+        locked.state.paused.clear();
+        drop(locked);
+        assert_eq!(store.lock().unwrap().state, other);
+        // A clone of the store shares what the last commit left.
+        let mut locked = store.clone().lock().unwrap();
+        locked.state.paused.remove("jobs/b");
+        locked.commit().unwrap();
+        let state = store.lock().unwrap().state.clone();
+        assert_eq!(state.paused.keys().collect::<Vec<_>>(), ["jobs/a"]);
+        assert_eq!(store.read().unwrap(), state);
         fs::remove_dir_all(dir).unwrap();
     }
 
