@@ -327,7 +327,7 @@ struct ChildArgs {
     stdio: [c_int; 3],
     /// -1: no cgroup.
     cgroup: c_int,
-    /// 0: exec'd; else the step that failed (`Stage`) and its errno.
+    /// 0: exec'd; else the step that failed (a `STAGE_*`) and its errno.
     stage: AtomicI32,
     errno: AtomicI32,
 }
@@ -402,8 +402,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
     let (stdin_child, stdin) = io::pipe()?;
     let (stdout, stdout_child) = io::pipe()?;
     let (stderr, stderr_child) = io::pipe()?;
-    // Above 0..2, so that no dup2 onto 0..2 overwrites another end (a
-    // runner started with its stdio closed gets pipes there).
+    // Above 0..2, so that no dup2 onto 0..2 can overwrite another end.
     let stdin_child = above_stdio(stdin_child.into())?;
     let stdout_child = above_stdio(stdout_child.into())?;
     let stderr_child = above_stdio(stderr_child.into())?;
