@@ -472,11 +472,11 @@ fn parse_field(text: &str, spec: &FieldSpec) -> Result<u64, ScheduleError> {
         text: text.to_string(),
         reason,
     };
-    // The common forms first: `*` and a plain number.
+    // The common forms first: `*` and a single value.
     if text == "*" {
         return Ok(span(spec.min, spec.max));
     }
-    if !text.is_empty() && text.len() <= 2 && text.bytes().all(|b| b.is_ascii_digit()) {
+    if !text.contains([',', '/', '-']) {
         return value(text, spec).map(|v| 1 << v).map_err(fail);
     }
     let mut set = 0u64;
